@@ -1,0 +1,159 @@
+"""MeshConfig: every option of a siomesh node, validated once, readable from the environment.
+
+Every field has an environment variable ``SIOMESH_<FIELD NAME IN CAPITALS>``; explicit keyword
+arguments win over the environment, the environment wins over the defaults. The dataclass is
+frozen: a running node never changes its configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ENV_PREFIX", "ConfigError", "MeshConfig", "normalize_url"]
+
+ENV_PREFIX = "SIOMESH_"
+_MIN_SECRET_BYTES = 16
+
+
+class ConfigError(ValueError):
+    """A siomesh option is missing or invalid; the message names the option and the fix."""
+
+
+def normalize_url(url: str, *, option: str = "url") -> str:
+    """Return ``scheme://host:port`` for a peer URL, or raise :class:`ConfigError`.
+
+    The normal form is what peers compare, so ``http://a:80/`` and ``http://a`` are one member.
+    """
+    raw = url.strip()
+    if "://" not in raw:
+        raw = "http://" + raw
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{option}: {url!r} must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ConfigError(f"{option}: {url!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{option}: {url!r} must be scheme://host:port with no path")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {url!r} has an invalid port") from exc
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(p for p in (x.strip() for x in value.replace(";", ",").split(",")) if p)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """The options of one node. Build it with :meth:`build` (validates, reads the environment).
+
+    Timeouts are seconds. ``None`` for ``max_body_bytes`` means "the wrapped server's
+    ``max_http_buffer_size``", the same bound python-engineio applies to a direct POST.
+    """
+
+    #: Where peers reach this node (``SIOMESH_NODE_URL``), e.g. ``http://10.0.0.1:8000``.
+    node_url: str
+    #: Cluster secret (``SIOMESH_SECRET``): authenticates every peer request. >= 16 bytes.
+    secret: str
+    #: Seed peers' URLs (``SIOMESH_PEERS``, comma separated). May include this node's own URL.
+    peers: tuple[str, ...] = ()
+    #: Path prefix of the mesh's own endpoints; a balancer should not expose it publicly
+    #: except ``health_path``.
+    mesh_path: str = "/_siomesh"
+    #: Health endpoint for balancers: 200 when serving, 503 when starting or draining.
+    health_path: str = "/_siomesh/health"
+    #: Time allowed to open a TCP connection to a peer. Short: an unreachable owner must turn
+    #: into the client's 400 quickly, and a LAN connect takes well under a millisecond.
+    connect_timeout: float = 1.0
+    #: Extra time granted to a forwarded long-poll beyond the server's
+    #: ``ping_interval + ping_timeout``, the longest the owner may hold a GET.
+    poll_grace: float = 10.0
+    #: Bound on a forwarded POST or other non-poll request (the owner answers those at once).
+    request_timeout: float = 15.0
+    #: Largest forwarded request body; ``None``: the server's ``max_http_buffer_size``.
+    max_body_bytes: int | None = None
+    #: Accepted clock skew for signed peer requests (replays outside it are rejected).
+    signature_window: float = 30.0
+    #: Keep-alive connections kept per peer.
+    pool_size: int = 100
+
+    @classmethod
+    def build(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> MeshConfig:
+        """Merge ``overrides`` (``None`` values ignored) over ``SIOMESH_*`` variables, validate.
+
+        Raises :class:`ConfigError` naming the option and the environment variable to set.
+        """
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = field.name
+            if overrides.get(name) is not None:
+                values[name] = overrides[name]
+                continue
+            raw = source.get(ENV_PREFIX + name.upper())
+            if raw is None or raw == "":
+                continue
+            values[name] = _parse_env(name, field.type, raw)
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        for required in ("node_url", "secret"):
+            if not values.get(required):
+                raise ConfigError(
+                    f"{required} is required: pass {required}=... to SioMesh or set "
+                    f"{ENV_PREFIX}{required.upper()}"
+                )
+        if isinstance(values.get("peers"), str):
+            values["peers"] = _split_list(values["peers"])
+        values["peers"] = tuple(values.get("peers", ()))
+        config = cls(**values)
+        config._validate()
+        node_url = normalize_url(config.node_url, option="node_url")
+        peers = tuple(dict.fromkeys(normalize_url(p, option="peers") for p in config.peers))
+        return dataclasses.replace(config, node_url=node_url, peers=peers)
+
+    def _validate(self) -> None:
+        if len(self.secret.encode()) < _MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"secret must be at least {_MIN_SECRET_BYTES} bytes "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        for name in ("mesh_path", "health_path"):
+            value = getattr(self, name)
+            if not value.startswith("/") or value.endswith("/") or "?" in value:
+                raise ConfigError(f"{name}: {value!r} must start with '/' and not end with '/'")
+        for name in (
+            "connect_timeout",
+            "poll_grace",
+            "request_timeout",
+            "signature_window",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.max_body_bytes is not None and self.max_body_bytes <= 0:
+            raise ConfigError("max_body_bytes must be > 0")
+        if self.pool_size <= 0:
+            raise ConfigError("pool_size must be > 0")
+
+
+def _parse_env(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("int"):
+            return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from exc
+    if kind.startswith("tuple"):
+        return _split_list(raw)
+    return raw

@@ -1,0 +1,422 @@
+"""SioMesh: the ASGI middleware that makes any node answer for any session.
+
+Per request it does one of four things, cheapest check first:
+
+* not an Engine.IO path, not a mesh path: pass through untouched;
+* ``health_path``: answer 200 (serving) or 503 (starting, draining);
+* another ``mesh_path`` endpoint: verify the peer signature, dispatch to the registered handler;
+* an Engine.IO request: :func:`siomesh.routing.decide`, then serve here, forward to the owner, or
+  let the local server answer its own ``400 Invalid session`` (reject).
+
+Lifespan is passed through to the wrapped app; the mesh's own work (the HTTP pool, gossip, the
+adapter) starts before the app's startup completes and stops after the app's shutdown. With
+lifespan disabled it starts on the first request. No per-request state is kept on ``self``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from .auth import MESH_HEADERS, PeerSigner, mesh_headers_of, without_mesh_headers
+from .cluster import ClusterView, StaticCluster
+from .config import MeshConfig
+from .discovery import EngineTarget, find_engine
+from .forward import BodyTooLarge, Forwarder, OwnerUnreachable, Receive, Scope, Send, read_body
+from .routing import Action, decide
+from .sid import SidKeys, generation_tag, make_sid, node_tag
+
+__all__ = ["PeerHandler", "SioMesh"]
+
+log = logging.getLogger("siomesh")
+
+#: A peer endpoint: (body, sender URL) -> response body. Raise ValueError for bad input (400).
+PeerHandler = Callable[[bytes, str], Awaitable[bytes]]
+Hook = Callable[[], Awaitable[None]]
+
+_MESH_HEADER_BYTES = frozenset(h.encode() for h in MESH_HEADERS)
+_MAX_PEER_BODY = 8 * 1024 * 1024
+
+
+def _sid_of(query_string: bytes) -> str | None:
+    """The ``sid`` query parameter, as python-engineio reads it (first value wins)."""
+    if b"sid=" not in query_string:
+        return None
+    values = urllib.parse.parse_qs(query_string.decode("latin-1")).get("sid")
+    return values[0] if values else None
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class SioMesh:
+    """Wrap an ASGI app holding one python-socketio (or python-engineio) server.
+
+    ``node_url``, ``peers``, ``secret`` and every :class:`~siomesh.config.MeshConfig` field may be
+    given here or as ``SIOMESH_*`` environment variables. ``server`` names the Socket.IO server
+    when it cannot be found by walking the app; ``engineio_path`` overrides the path served.
+    Raises :class:`~siomesh.config.ConfigError` or :class:`~siomesh.discovery.DiscoveryError`
+    at construction for anything misconfigured.
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        *,
+        node_url: str | None = None,
+        peers: list[str] | tuple[str, ...] | str | None = None,
+        secret: str | None = None,
+        server: Any = None,
+        engineio_path: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.config = MeshConfig.build(
+            env, node_url=node_url, peers=peers, secret=secret, **options
+        )
+        self.engine: EngineTarget = find_engine(app, server, engineio_path)
+        #: This process's generation: later starts get larger numbers.
+        self.generation = time.time_ns()
+        self.keys = SidKeys.from_secret(self.config.secret)
+        self.node_tag = node_tag(self.keys, self.config.node_url)
+        self.generation_tag = generation_tag(self.keys, self.generation)
+        self.signer = PeerSigner(self.config.secret, window=self.config.signature_window)
+        self.cluster: ClusterView = StaticCluster(
+            self.config.node_url, self.config.peers, self.keys
+        )
+        eio = self.engine.eio
+        self._local_sids: dict[str, Any] = eio.sockets
+        self.max_body = self.config.max_body_bytes or int(eio.max_http_buffer_size)
+        self.forwarder = Forwarder(
+            node_url=self.config.node_url,
+            signer=self.signer,
+            connect_timeout=self.config.connect_timeout,
+            poll_timeout=float(eio.ping_interval)
+            + float(getattr(eio, "ping_interval_grace_period", 0))
+            + float(eio.ping_timeout)
+            + self.config.poll_grace,
+            request_timeout=self.config.request_timeout,
+            pool_size=self.config.pool_size,
+            max_ws_message=self.max_body * 2,
+        )
+        self._endpoints: dict[str, PeerHandler] = {}
+        self._startup_hooks: list[Hook] = []
+        self._shutdown_hooks: list[Hook] = []
+        self._start_lock: asyncio.Lock | None = None
+        self.state = "starting"
+        self.stats: dict[str, int] = {
+            "forwarded": 0,
+            "forward_errors": 0,
+            "rejected": 0,
+            "peer_requests": 0,
+            "peer_rejected": 0,
+        }
+        self._install_sid_generator()
+        prefixes = self.engine.prefixes
+        self._engine_prefixes = prefixes
+        self._mesh_prefix = self.config.mesh_path + "/"
+        self.register_endpoint("status", self._status_endpoint)
+
+    # -- public hooks for the runtime and the adapter -------------------------------------------
+
+    def register_endpoint(self, name: str, handler: PeerHandler) -> None:
+        """Serve signed peer POSTs at ``{mesh_path}/{name}``. Handlers run on the event loop."""
+        if not name or "/" in name:
+            raise ValueError(f"invalid endpoint name {name!r}")
+        self._endpoints[name] = handler
+
+    def on_startup(self, hook: Hook) -> None:
+        """Run ``hook`` when the mesh starts (before the wrapped app's startup completes)."""
+        self._startup_hooks.append(hook)
+
+    def on_shutdown(self, hook: Hook) -> None:
+        """Run ``hook`` when the mesh stops (after the wrapped app's shutdown), in reverse order."""
+        self._shutdown_hooks.append(hook)
+
+    def make_sid(self) -> str:
+        """A fresh sid owned by this node (installed as the server's ``generate_id``)."""
+        return make_sid(self.keys, self.config.node_url, self.generation, secrets.token_bytes(12))
+
+    def _install_sid_generator(self) -> None:
+        # python-socketio takes its per-namespace sids from the same method, so they are
+        # self-routing too.
+        self.engine.eio.generate_id = self.make_sid
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start the mesh's background work; idempotent."""
+        if self.state != "starting":
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.state != "starting":
+                return
+            _ = self.forwarder.session
+            for hook in self._startup_hooks:
+                await hook()
+            self.state = "serving"
+            log.info("siomesh node %s serving (tag %s)", self.config.node_url, self.node_tag)
+
+    async def drain(self) -> None:
+        """Report 503 on the health endpoint from now on (the balancer stops sending)."""
+        if self.state == "serving":
+            self.state = "draining"
+
+    async def shutdown(self) -> None:
+        """Stop the background work; idempotent."""
+        if self.state == "stopped":
+            return
+        self.state = "stopped"
+        for hook in reversed(self._shutdown_hooks):
+            try:
+                await hook()
+            except Exception:
+                log.exception("siomesh shutdown hook failed")
+        await self.forwarder.close()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        startup_failed = False
+
+        async def wrapped_receive() -> dict[str, Any]:
+            nonlocal startup_failed
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception:
+                    log.exception("siomesh startup failed")
+                    startup_failed = True
+            elif message["type"] == "lifespan.shutdown":
+                await self.drain()
+            return message
+
+        async def wrapped_send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete" and startup_failed:
+                message = {"type": "lifespan.startup.failed", "message": "siomesh startup failed"}
+            elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.shutdown()
+            await send(message)
+
+        await self.app(scope, wrapped_receive, wrapped_send)
+
+    # -- request handling ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.state == "starting":
+            await self.startup()
+        path: str = scope["path"]
+        if path.startswith(self._mesh_prefix) or path == self.config.health_path:
+            await self._mesh_endpoint(scope, receive, send)
+            return
+        if self._is_engine_path(path):
+            await self._engine_request(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _is_engine_path(self, path: str) -> bool:
+        if not self._engine_prefixes:
+            return True
+        slashed = path if path.endswith("/") else path + "/"
+        return any(slashed.startswith(p) for p in self._engine_prefixes)
+
+    async def _engine_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        forwarded = False
+        if any(name in _MESH_HEADER_BYTES for name, _ in headers):
+            # Only a verified peer may vouch for the client's address; anybody else's claim
+            # is removed so that neither routing nor the app ever sees it.
+            claim = self.signer.verify(
+                method=scope.get("method", "GET"),
+                path=scope["path"],
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=mesh_headers_of(headers),
+                now=time.time(),
+            )
+            scope = dict(scope)
+            scope["headers"] = without_mesh_headers(headers)
+            if claim is not None and self.cluster.is_live_member(claim.node_url):
+                forwarded = True
+                client = _parse_client(claim.client)
+                if client is not None:
+                    scope["client"] = client
+            else:
+                log.warning("unverified forwarding claim from %s", scope.get("client"))
+        method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
+        sid = _sid_of(scope.get("query_string", b""))
+        decision = decide(
+            method=method,
+            sid=sid,
+            local_sids=self._local_sids,
+            forwarded=forwarded,
+            view=self.cluster,
+            keys=self.keys,
+        )
+        if decision.action is Action.FORWARD:
+            assert decision.target is not None
+            if await self._forward(scope, receive, send, decision.target):
+                return
+            # Nothing reached the client: fall through to the local server's own 400.
+        elif decision.action is Action.REJECT:
+            self.stats["rejected"] += 1
+        await self.app(scope, receive, send)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, target: str) -> bool:
+        """Forward to ``target``; False when the owner could not be reached (client untouched)."""
+        try:
+            if scope["type"] == "websocket":
+                connect = await receive()
+                if connect["type"] != "websocket.connect":
+                    return True
+                try:
+                    await self.forwarder.forward_websocket(scope, receive, send, target)
+                except OwnerUnreachable as exc:
+                    # The client is not accepted yet: close it the way python-engineio closes
+                    # an unknown sid (uvicorn answers 403), so it reconnects.
+                    self.stats["forward_errors"] += 1
+                    log.info("websocket owner unreachable: %s", exc)
+                    await send({"type": "websocket.close", "code": 1008})
+                else:
+                    self.stats["forwarded"] += 1
+                return True
+            declared = _content_length(scope["headers"])
+            try:
+                body = await read_body(receive, self.max_body, declared)
+            except BodyTooLarge:
+                await _respond(
+                    send,
+                    413,
+                    f"request body exceeds {self.max_body} bytes".encode(),
+                    b"text/plain",
+                )
+                return True
+            long_poll = scope.get("method") == "GET"
+            await self.forwarder.forward_http(scope, body, send, target, long_poll=long_poll)
+            self.stats["forwarded"] += 1
+            return True
+        except OwnerUnreachable as exc:
+            self.stats["forward_errors"] += 1
+            log.info("owner unreachable, answering 400: %s", exc)
+            if scope["type"] == "http":
+                # The body was consumed: replay an empty one so the local server can answer.
+                scope = dict(scope)
+
+                async def empty() -> dict[str, Any]:
+                    return {"type": "http.request", "body": b"", "more_body": False}
+
+                await self.app(scope, empty, send)
+                return True
+            return False
+
+    async def _mesh_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        path: str = scope["path"]
+        if path == self.config.health_path:
+            serving = self.state == "serving"
+            body = json.dumps(
+                {
+                    "status": self.state,
+                    "node": self.config.node_url,
+                    "sessions": len(self._local_sids),
+                }
+            ).encode()
+            await _respond(send, 200 if serving else 503, body, b"application/json")
+            return
+        name = path[len(self._mesh_prefix) :]
+        if name == "status" and scope.get("method") == "GET":
+            await _respond(send, 200, await self._status_endpoint(b"", ""), b"application/json")
+            return
+        handler = self._endpoints.get(name)
+        if handler is None or scope.get("method") != "POST":
+            await _respond(send, 404, b"unknown mesh endpoint", b"text/plain")
+            return
+        try:
+            body = await read_body(receive, _MAX_PEER_BODY, _content_length(scope["headers"]))
+        except BodyTooLarge:
+            await _respond(send, 413, b"peer message too large", b"text/plain")
+            return
+        except OwnerUnreachable:
+            return
+        claim = self.signer.verify(
+            method="POST",
+            path=path,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=mesh_headers_of(scope["headers"]),
+            now=time.time(),
+            body=body,
+        )
+        if claim is None:
+            self.stats["peer_rejected"] += 1
+            await _respond(send, 401, b"invalid or missing peer signature", b"text/plain")
+            return
+        self.stats["peer_requests"] += 1
+        try:
+            reply = await handler(body, claim.node_url)
+        except ValueError as exc:
+            await _respond(send, 400, str(exc).encode(), b"text/plain")
+            return
+        await _respond(send, 200, reply, b"application/octet-stream")
+
+    async def _status_endpoint(self, body: bytes, sender: str) -> bytes:
+        return json.dumps(self.status()).encode()
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot of this node, for introspection and ``siomesh status``."""
+        return {
+            "node": self.config.node_url,
+            "tag": self.node_tag,
+            "generation": self.generation,
+            "state": self.state,
+            "sessions": len(self._local_sids),
+            "stats": dict(self.stats),
+            "members": [
+                {"url": url, "state": "alive"}
+                for url in sorted(getattr(self.cluster, "peer_urls", ()))
+            ],
+        }
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _parse_client(value: str) -> tuple[str, int] | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
