@@ -52,6 +52,10 @@ class ClusterView(Protocol):
         """Whether ``url`` is a current, alive member's advertised URL (never this node)."""
         ...
 
+    def live_peers(self) -> list[str]:
+        """Advertised URLs of every alive member but this node."""
+        ...
+
 
 class StaticCluster:
     """A fixed membership: this node plus the configured peers, all assumed alive."""
@@ -92,3 +96,6 @@ class StaticCluster:
 
     def is_live_member(self, url: str) -> bool:
         return url in self._urls
+
+    def live_peers(self) -> list[str]:
+        return sorted(self._urls)

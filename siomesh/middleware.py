@@ -30,6 +30,7 @@ from .config import MeshConfig
 from .discovery import EngineTarget, find_engine
 from .forward import BodyTooLarge, Forwarder, OwnerUnreachable, Receive, Scope, Send, read_body
 from .routing import Action, decide
+from .runtime.peers import PeerClient
 from .sid import SidKeys, generation_tag, make_sid, node_tag
 
 __all__ = ["PeerHandler", "SioMesh"]
@@ -117,6 +118,13 @@ class SioMesh:
             request_timeout=self.config.request_timeout,
             pool_size=self.config.pool_size,
             max_ws_message=self.max_body * 2,
+        )
+        self.peers = PeerClient(
+            node_url=self.config.node_url,
+            mesh_path=self.config.mesh_path,
+            signer=self.signer,
+            session=lambda: self.forwarder.session,
+            connect_timeout=self.config.connect_timeout,
         )
         self._endpoints: dict[str, PeerHandler] = {}
         self._startup_hooks: list[Hook] = []
