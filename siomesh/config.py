@@ -85,6 +85,10 @@ class MeshConfig:
     signature_window: float = 30.0
     #: Keep-alive connections kept per peer.
     pool_size: int = 100
+    #: Add ``x-siomesh-served-by`` (the node that served) and ``x-siomesh-via`` (the node that
+    #: forwarded) to Engine.IO responses. For demos and debugging; off by default (it reveals
+    #: private node addresses to clients).
+    served_by_header: bool = False
 
     @classmethod
     def build(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> MeshConfig:
@@ -147,6 +151,13 @@ class MeshConfig:
 
 def _parse_env(name: str, type_name: Any, raw: str) -> Any:
     kind = str(type_name)
+    if kind.startswith("bool"):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean (use 1 or 0)")
     try:
         if kind.startswith("float"):
             return float(raw)

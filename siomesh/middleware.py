@@ -287,6 +287,8 @@ class SioMesh:
             view=self.cluster,
             keys=self.keys,
         )
+        if self.config.served_by_header:
+            send = self._tagging_send(send, forwarded=decision.action is Action.FORWARD)
         if decision.action is Action.FORWARD:
             assert decision.target is not None
             if await self._forward(scope, receive, send, decision.target):
@@ -295,6 +297,19 @@ class SioMesh:
         elif decision.action is Action.REJECT:
             self.stats["rejected"] += 1
         await self.app(scope, receive, send)
+
+    def _tagging_send(self, send: Send, *, forwarded: bool) -> Send:
+        """Wrap ``send`` to add the served-by / via debug headers to the response."""
+        name = b"x-siomesh-via" if forwarded else b"x-siomesh-served-by"
+        value = self.config.node_url.encode()
+
+        async def tagged(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), (name, value)]
+            await send(message)
+
+        return tagged
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, target: str) -> bool:
         """Forward to ``target``; False when the owner could not be reached (client untouched)."""

@@ -1,0 +1,182 @@
+"""The ``siomesh`` command: ``run``, ``demo``, ``status`` and ``bench``.
+
+Every subcommand has ``--help``; bad arguments exit with status 2 and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from .workers import WorkerPlan, plan_workers, supervise
+
+__all__ = ["main"]
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from exc
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _positive(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError("a port is at most 65535")
+    return number
+
+
+def _add_run_options(parser: argparse.ArgumentParser, default_port: int) -> None:
+    parser.add_argument("--workers", "-w", type=_positive, default=3, help="worker processes")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", "-p", type=_port, default=default_port, help="public port")
+    parser.add_argument(
+        "--private-port-base",
+        type=_port,
+        default=None,
+        help="first private port (worker i listens on base+i); default: free ports",
+    )
+    parser.add_argument(
+        "--secret", default=None, help="cluster secret (default: $SIOMESH_SECRET or random)"
+    )
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siomesh",
+        description="Run python-socketio nodes behind any load balancer, with no stickiness.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="serve MODULE:APP with N workers on one port, meshed",
+        description=(
+            "Serve an ASGI app holding a python-socketio server with N worker processes sharing "
+            "one port (SO_REUSEPORT: no stickiness). Each worker also listens on a private port "
+            "where its peers forward requests to it. The app is wrapped in SioMesh unless it "
+            "already is."
+        ),
+    )
+    run.add_argument("app", metavar="MODULE:APP", help="e.g. myproject.main:app")
+    _add_run_options(run, 8000)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a 3-worker chat cluster with a web page",
+        description=(
+            "Start the chat example on N workers behind one non-sticky port and print the URL "
+            "of its page. Open it in several tabs: messages reach every tab whichever worker "
+            "each landed on, and the page shows which worker served each request."
+        ),
+    )
+    _add_run_options(demo, 8000)
+
+    status = sub.add_parser(
+        "status",
+        help="show a node's view of the cluster",
+        description="Print members, their state and sessions from a node's status endpoint.",
+    )
+    status.add_argument("url", help="a node's URL, e.g. http://127.0.0.1:8001")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--mesh-path", default="/_siomesh", help="the node's mesh path")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+
+    bench = sub.add_parser(
+        "bench",
+        help="compare mesh mode with sticky mode, side by side",
+        description="Run the comparative benchmark (see docs/benchmark.md).",
+    )
+    bench.add_argument("--quick", action="store_true", help="a small run, for tests")
+    bench.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
+    bench.add_argument("--clients", type=_positive, default=None, help="clients per scenario")
+    bench.add_argument("--rounds", type=_positive, default=None, help="round trips per client")
+    bench.add_argument(
+        "--only", default=None, help="comma-separated scenario names to run (default: all)"
+    )
+    return parser
+
+
+def _announce(plan: WorkerPlan, *, demo: bool) -> None:
+    host = f"[{plan.host}]" if ":" in plan.host else plan.host
+    print(f"siomesh: {len(plan.private_ports)} workers on http://{host}:{plan.port}/", flush=True)
+    for i in range(len(plan.private_ports)):
+        print(f"  worker {i}: {plan.node_url(i)}", flush=True)
+    if demo:
+        print(f"Open http://{host}:{plan.port}/ in two browser tabs. Ctrl-C stops.", flush=True)
+
+
+def _run(args: argparse.Namespace, app: str, *, demo: bool) -> int:
+    try:
+        plan = plan_workers(
+            app,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            private_base=args.private_port_base,
+            secret=args.secret,
+        )
+        return supervise(plan, log_level=args.log_level, on_ready=lambda p: _announce(p, demo=demo))
+    except OSError as exc:
+        print(f"siomesh: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _format_status(data: dict[str, Any]) -> str:
+    lines = [
+        f"node     {data.get('node')}  state={data.get('state')}  sessions={data.get('sessions')}",
+    ]
+    members = data.get("members", [])
+    lines.append(f"members  {len(members)}")
+    for member in members:
+        extra = "  ".join(f"{k}={v}" for k, v in member.items() if k not in ("url", "state"))
+        lines.append(f"  {member.get('url'):<32} {member.get('state'):<8} {extra}".rstrip())
+    stats = data.get("stats", {})
+    if stats:
+        lines.append("stats    " + "  ".join(f"{k}={v}" for k, v in stats.items()))
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/") + args.mesh_path + "/status"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            data = json.loads(response.read())
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        print(f"siomesh: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError:
+        print(f"siomesh: {url} did not answer JSON: is it a siomesh node?", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else _format_status(data))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args, args.app, demo=False)
+    if args.command == "demo":
+        return _run(args, "siomesh.demo.chat:app", demo=True)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())
