@@ -24,11 +24,14 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from .auth import MESH_HEADERS, PeerSigner, mesh_headers_of, without_mesh_headers
 from .cluster import ClusterView, StaticCluster
 from .config import MeshConfig
 from .discovery import EngineTarget, find_engine
 from .forward import BodyTooLarge, Forwarder, OwnerUnreachable, Receive, Scope, Send, read_body
+from .metrics import MeshCollector, render
 from .routing import Action, decide
 from .runtime.peers import PeerClient
 from .sid import SidKeys, generation_tag, make_sid, node_tag
@@ -143,6 +146,12 @@ class SioMesh:
         self._engine_prefixes = prefixes
         self._mesh_prefix = self.config.mesh_path + "/"
         self.register_endpoint("status", self._status_endpoint)
+        self._collector = MeshCollector(
+            stats=lambda: self.stats,
+            members=self._member_counts,
+            directory=self._directory_sizes,
+            sessions=lambda: len(self._local_sids),
+        )
 
     # -- public hooks for the runtime and the adapter -------------------------------------------
 
@@ -378,6 +387,9 @@ class SioMesh:
         if name == "status" and scope.get("method") == "GET":
             await _respond(send, 200, await self._status_endpoint(b"", ""), b"application/json")
             return
+        if name == "metrics" and scope.get("method") == "GET":
+            await _respond(send, 200, render(self._collector), CONTENT_TYPE_LATEST.encode())
+            return
         handler = self._endpoints.get(name)
         if handler is None or scope.get("method") != "POST":
             await _respond(send, 404, b"unknown mesh endpoint", b"text/plain")
@@ -411,6 +423,20 @@ class SioMesh:
 
     async def _status_endpoint(self, body: bytes, sender: str) -> bytes:
         return json.dumps(self.status()).encode()
+
+    def _member_counts(self) -> dict[str, int]:
+        counts = getattr(self.cluster, "member_counts", None)
+        if counts is not None:
+            result: dict[str, int] = counts()
+            return result
+        return {"alive": len(self.cluster.live_peers()) + 1}
+
+    def _directory_sizes(self) -> dict[str, int]:
+        sizes = getattr(self.cluster, "directory_sizes", None)
+        if sizes is not None:
+            result: dict[str, int] = sizes()
+            return result
+        return {self.config.node_url: len(self._local_sids)}
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot of this node, for introspection and ``siomesh status``."""

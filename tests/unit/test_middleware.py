@@ -279,3 +279,15 @@ def test_missing_secret_is_a_clear_error() -> None:
     sio = socketio.AsyncServer(async_mode="asgi")
     with pytest.raises(ConfigError, match="SIOMESH_SECRET"):
         SioMesh(socketio.ASGIApp(sio), node_url=NODE, env={})
+
+
+async def test_metrics_endpoint() -> None:
+    mesh, _ = make()
+    await call(mesh, "GET", "/socket.io/", b"EIO=4&transport=polling&sid=bogus")
+    status, headers, body = await call(mesh, "GET", "/_siomesh/metrics")
+    assert status == 200
+    assert headers[b"content-type"].startswith(b"text/plain")
+    text = body.decode()
+    assert "siomesh_rejected_requests_total 1.0" in text
+    assert 'siomesh_members{state="alive"} 2.0' in text
+    await mesh.shutdown()
