@@ -65,7 +65,7 @@ class StaticCluster:
         self._self_tag = node_tag(keys, self_url)
         self._by_tag: dict[str, MemberRef] = {}
         for url in peers:
-            if url == self_url:
+            if url == self_url or url.startswith("dns+"):
                 continue
             tag = node_tag(keys, url)
             if tag in self._by_tag or tag == self._self_tag:

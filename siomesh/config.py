@@ -27,10 +27,17 @@ def normalize_url(url: str, *, option: str = "url") -> str:
     """Return ``scheme://host:port`` for a peer URL, or raise :class:`ConfigError`.
 
     The normal form is what peers compare, so ``http://a:80/`` and ``http://a`` are one member.
+    A peer may be ``dns+http://name:port``: a DNS name that resolves to many members (a
+    Kubernetes headless service); it is kept as given and resolved by the runtime.
     """
     raw = url.strip()
     if "://" not in raw:
         raw = "http://" + raw
+    dns = raw.startswith("dns+")
+    if dns:
+        if option != "peers":
+            raise ConfigError(f"{option}: {url!r}: dns+ URLs are only for peers")
+        raw = raw[4:]
     parts = urllib.parse.urlsplit(raw)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"{option}: {url!r} must be an http:// or https:// URL")
@@ -45,7 +52,7 @@ def normalize_url(url: str, *, option: str = "url") -> str:
     host = parts.hostname
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    return f"{parts.scheme}://{host}:{port}"
+    return f"{'dns+' if dns else ''}{parts.scheme}://{host}:{port}"
 
 
 def _split_list(value: str) -> tuple[str, ...]:

@@ -64,3 +64,10 @@ def test_normalize_url() -> None:
     assert normalize_url("http://h") == "http://h:80"
     assert normalize_url("https://h/") == "https://h:443"
     assert normalize_url("http://[::1]:9000") == "http://[::1]:9000"
+
+
+def test_dns_peers_only_for_peers() -> None:
+    cfg = MeshConfig.build({}, node_url="http://a:1", secret=SECRET, peers="dns+http://svc:8000")
+    assert cfg.peers == ("dns+http://svc:8000",)
+    with pytest.raises(ConfigError, match="only for peers"):
+        MeshConfig.build({}, node_url="dns+http://a:1", secret=SECRET)
