@@ -64,7 +64,9 @@ class MeshCollector(Collector):
             entries.add_metric([origin], count)
         yield entries
         yield GaugeMetricFamily(
-            "siomesh_local_sessions", "Engine.IO sessions owned by this node", value=self._sessions()
+            "siomesh_local_sessions",
+            "Engine.IO sessions owned by this node",
+            value=self._sessions(),
         )
 
 

@@ -79,6 +79,11 @@ class SioMesh:
     when it cannot be found by walking the app; ``engineio_path`` overrides the path served.
     Raises :class:`~siomesh.config.ConfigError` or :class:`~siomesh.discovery.DiscoveryError`
     at construction for anything misconfigured.
+
+    ``adapter`` (default True) installs :class:`~siomesh.adapter.MeshManager` on the server when
+    it uses python-socketio's default in-memory manager, so emits, rooms and acks reach clients
+    on every node without a broker; ``self.adapter`` is that manager, or ``None`` (disabled, or
+    the server keeps another manager such as ``AsyncRedisManager``).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class SioMesh:
         server: Any = None,
         engineio_path: str | None = None,
         env: Mapping[str, str] | None = None,
+        adapter: bool = True,
         **options: Any,
     ) -> None:
         self.app = app
@@ -152,6 +158,9 @@ class SioMesh:
             directory=self._directory_sizes,
             sessions=lambda: len(self._local_sids),
         )
+        from .adapter import MeshManager, install_adapter
+
+        self.adapter: MeshManager | None = install_adapter(self) if adapter else None
 
     # -- public hooks for the runtime and the adapter -------------------------------------------
 

@@ -1,0 +1,754 @@
+"""MeshManager: python-socketio's client manager, relaying across nodes over the mesh.
+
+It keeps python-socketio's own bookkeeping (rooms, sids, callbacks) for the clients of this
+node, exactly as :class:`socketio.AsyncManager` does, and sends what concerns other nodes as
+signed POSTs to their ``{mesh_path}/adapter`` endpoint (ordered, batched, deduplicated: see
+:mod:`siomesh.adapter.links` and :mod:`siomesh.adapter.wire`). Request/response calls
+(``server_side_emit`` with acks, ``fetch_sockets``, ``all_rooms``) go to
+``{mesh_path}/adapter-call``, one POST per peer, in parallel, under one timeout.
+
+Routing, per message:
+
+* to a sid: only to its owner, read from the owner tag inside the sid (no lookup);
+* to a room: to the members that may hold it (``cluster.room_owners`` when the cluster view
+  has a room directory, else every live peer);
+* to everybody: to every live peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import socketio
+
+from ..runtime.peers import PeerError
+from ..sid import parse_sid
+from .links import LinkSettings, PeerLink
+from .wire import DedupWindow, WireError, decode_batch, encode_message, pack, unpack
+
+if TYPE_CHECKING:
+    from ..middleware import SioMesh
+
+__all__ = [
+    "BUS_ENDPOINT",
+    "CALL_ENDPOINT",
+    "MeshManager",
+    "PartialResult",
+    "RemoteSocket",
+    "install_adapter",
+]
+
+log = logging.getLogger("siomesh.adapter")
+
+BUS_ENDPOINT = "adapter"
+CALL_ENDPOINT = "adapter-call"
+
+ServerEventHandler = Callable[..., Any]
+_H = TypeVar("_H", bound=ServerEventHandler)
+Room = Any  # python-socketio accepts any hashable room name; the wire carries str and int
+
+
+class PartialResult(TimeoutError):
+    """A cluster-wide call did not hear from every node in time (or a node failed).
+
+    ``responses`` holds what did arrive (same shape as the call's normal return value);
+    ``missing`` lists the URLs of the peers that did not answer.
+    """
+
+    def __init__(self, responses: Any, missing: list[str]) -> None:
+        super().__init__(f"timeout reached: missing {len(missing)} responses")
+        self.responses = responses
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class RemoteSocket:
+    """A Socket.IO client anywhere in the cluster, as :meth:`MeshManager.fetch_sockets` saw it.
+
+    ``data`` is the client's python-socketio session for ``namespace`` when it is JSON-able
+    (bytes allowed), else ``None``. ``owner`` is the URL of the node that holds the client.
+    The methods act on the client wherever it is.
+    """
+
+    sid: str
+    namespace: str
+    rooms: tuple[Room, ...]
+    data: Any
+    owner: str
+    _manager: MeshManager | None = field(default=None, repr=False, compare=False)
+
+    def _mgr(self) -> MeshManager:
+        if self._manager is None:
+            raise RuntimeError("this RemoteSocket is not bound to a manager")
+        return self._manager
+
+    async def emit(self, event: str, data: Any = None) -> None:
+        await self._mgr().emit(event, data, self.namespace, room=self.sid)
+
+    async def join(self, room: Room) -> None:
+        await self._mgr().enter_room(self.sid, self.namespace, room)
+
+    async def leave(self, room: Room) -> None:
+        await self._mgr().leave_room(self.sid, self.namespace, room)
+
+    async def disconnect(self) -> None:
+        await self._mgr().server.disconnect(self.sid, namespace=self.namespace)
+
+
+def _as_args(data: Any) -> list[Any]:
+    """python-socketio's emit convention: a tuple is several arguments, None is none."""
+    if isinstance(data, tuple):
+        return list(data)
+    if data is None:
+        return []
+    return [data]
+
+
+def _rooms_list(rooms: Room | Iterable[Room]) -> list[Room]:
+    if isinstance(rooms, (str, bytes, int)):
+        return [rooms]
+    return list(rooms)
+
+
+def _require(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = msg.get(key)
+    if not isinstance(value, kind):
+        raise WireError(f"message field {key!r} is missing or malformed")
+    return value
+
+
+class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
+    """A :class:`socketio.AsyncManager` whose emits, room changes and disconnects reach the
+    clients of every node in the mesh. Install with :func:`install_adapter` (``SioMesh`` does
+    it by default); do not share one instance between servers."""
+
+    name = "siomesh"
+
+    def __init__(
+        self,
+        mesh: SioMesh,
+        *,
+        settings: LinkSettings | None = None,
+        post_timeout: float = 5.0,
+        flush_timeout: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.mesh = mesh
+        self.node_url: str = mesh.config.node_url
+        self.epoch: int = mesh.generation
+        self.settings = settings or LinkSettings()
+        self.post_timeout = post_timeout
+        self.flush_timeout = flush_timeout
+        self.running = False
+        self._links: dict[str, PeerLink] = {}
+        self._dedup = DedupWindow()
+        self._sender_locks: dict[str, asyncio.Lock] = {}
+        self._server_handlers: dict[tuple[str, str], ServerEventHandler] = {}
+        self.stats = {"received": 0, "duplicates": 0, "bad_messages": 0}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        # python-socketio calls this on the first client; the links start at mesh startup
+        # instead (``start``), so messages from peers flow before any local client exists.
+        super().initialize()
+
+    async def start(self) -> None:
+        """Start the per-peer senders (a mesh startup hook; idempotent)."""
+        if self.running:
+            return
+        self.running = True
+        server = self.server
+        if server is not None and not server.manager_initialized:
+            server.manager_initialized = True
+            self.initialize()
+        for link in self._links.values():
+            link.start()
+        log.info("siomesh adapter started on %s", self.node_url)
+
+    async def stop(self) -> None:
+        """Flush the queues for at most ``flush_timeout`` s, drop the rest (a shutdown hook)."""
+        if not self.running:
+            return
+        self.running = False
+        dropped = await asyncio.gather(
+            *(link.stop(self.flush_timeout) for link in self._links.values())
+        )
+        if sum(dropped):
+            log.warning("siomesh adapter stopped, %d queued messages dropped", sum(dropped))
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def _is_live(self, url: str) -> bool:
+        return bool(self.mesh.cluster.is_live_member(url))
+
+    def sid_owner(self, sid: Any) -> str | None:
+        """URL of the node holding ``sid`` (this node's own URL included); ``None`` when
+        ``sid`` is not a sid of this cluster; ``""`` when its owner is not a live member."""
+        if not isinstance(sid, str):
+            return None
+        parts = parse_sid(self.mesh.keys, sid)
+        if parts is None:
+            return None
+        cluster = self.mesh.cluster
+        if parts.node_tag == cluster.self_tag:
+            return self.node_url
+        member = cluster.member_by_tag(parts.node_tag)
+        if member is None or not member.alive:
+            return ""
+        url: str = member.url
+        return url
+
+    def _peers_for(self, namespace: str, room: Room | list[Room] | None) -> list[str]:
+        """The live peers that may hold a recipient of ``room`` (None: everybody)."""
+        live = self.mesh.cluster.live_peers()
+        if room is None:
+            return list(live)
+        rooms = room if isinstance(room, (list, tuple)) else [room]
+        owners_of = getattr(self.mesh.cluster, "room_owners", None)
+        targets: set[str] = set()
+        for name in rooms:
+            owner = self.sid_owner(name)
+            if owner is not None:
+                if owner and owner != self.node_url:
+                    targets.add(owner)
+                continue
+            owners = owners_of(namespace, name) if owners_of is not None else None
+            if owners is None:
+                return list(live)
+            targets.update(owners)
+        return [peer for peer in live if peer in targets]
+
+    def _link(self, peer: str) -> PeerLink:
+        link = self._links.get(peer)
+        if link is None:
+            link = PeerLink(
+                peer,
+                epoch=self.epoch,
+                send=self._post_batch,
+                is_alive=self._is_live,
+                settings=self.settings,
+            )
+            self._links[peer] = link
+            if self.running:
+                link.start()
+        return link
+
+    async def _post_batch(self, peer: str, body: bytes) -> bytes:
+        return await self.mesh.peers.post(peer, BUS_ENDPOINT, body, timeout=self.post_timeout)
+
+    def _send(self, peers: Iterable[str], message: dict[str, Any]) -> None:
+        text: str | None = None
+        for peer in peers:
+            if peer == self.node_url:
+                continue
+            if text is None:
+                text = encode_message(message)
+            self._link(peer).enqueue(text)
+
+    def queue_sizes(self) -> dict[str, int]:
+        """Messages waiting per peer (for metrics and tests)."""
+        return {peer: len(link) for peer, link in self._links.items()}
+
+    def link_stats(self) -> dict[str, dict[str, int]]:
+        return {peer: dict(link.stats) for peer, link in self._links.items()}
+
+    # -- python-socketio's manager interface -----------------------------------------------------
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: Room | None = None,
+        skip_sid: Any = None,
+        callback: Callable[..., Any] | None = None,
+        to: Room | None = None,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        namespace = namespace or "/"
+        if not kwargs.get("ignore_queue"):
+            peers = self._peers_for(namespace, room)
+            if peers:
+                wire_callback = None
+                if callback is not None:
+                    if room is None or isinstance(room, (list, tuple)):
+                        raise ValueError("Cannot use callback without a single room set.")
+                    ack_id = self._generate_ack_id(room, callback)
+                    wire_callback = [room, namespace, ack_id]
+                self._send(
+                    peers,
+                    {
+                        "m": "emit",
+                        "event": event,
+                        "args": pack(_as_args(data)),
+                        "ns": namespace,
+                        "room": room,
+                        "skip": skip_sid,
+                        "cb": wire_callback,
+                    },
+                )
+                if callback is not None and self._remote_owner(str(room)) is not None:
+                    return  # the only recipient is elsewhere
+        await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback)
+
+    def _is_local(self, sid: str, namespace: str) -> bool:
+        return bool(self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace))
+
+    def _remote_owner(self, sid: str) -> str | None:
+        owner = self.sid_owner(sid)
+        return owner if owner and owner != self.node_url else None
+
+    async def can_disconnect(self, sid: str, namespace: str) -> bool:
+        namespace = namespace or "/"
+        if self._is_local(sid, namespace):
+            return bool(await super().can_disconnect(sid, namespace))
+        owner = self._remote_owner(sid)
+        if owner is not None:
+            self._send([owner], {"m": "disconnect", "sid": sid, "ns": namespace})
+        return False
+
+    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        namespace = namespace or "/"
+        if kwargs.get("ignore_queue"):
+            await super().disconnect(sid, namespace, **kwargs)
+            return
+        if self._is_local(sid, namespace):
+            await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+            return
+        owner = self._remote_owner(sid)
+        if owner is not None:
+            self._send([owner], {"m": "disconnect", "sid": sid, "ns": namespace})
+
+    async def enter_room(
+        self, sid: str, namespace: str, room: Room, eio_sid: str | None = None
+    ) -> None:
+        namespace = namespace or "/"
+        if eio_sid is not None or self._is_local(sid, namespace):
+            await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+            return
+        owner = self._remote_owner(sid)
+        if owner is not None:
+            self._send([owner], {"m": "enter_room", "sid": sid, "ns": namespace, "room": room})
+
+    async def leave_room(self, sid: str, namespace: str, room: Room) -> None:
+        namespace = namespace or "/"
+        if self._is_local(sid, namespace):
+            await super().leave_room(sid, namespace, room)
+            return
+        owner = self._remote_owner(sid)
+        if owner is not None:
+            self._send([owner], {"m": "leave_room", "sid": sid, "ns": namespace, "room": room})
+
+    async def close_room(self, room: Room, namespace: str | None = None) -> None:
+        namespace = namespace or "/"
+        self._send(
+            self._peers_for(namespace, room), {"m": "close_room", "ns": namespace, "room": room}
+        )
+        await super().close_room(room, namespace)
+
+    async def _return_callback(
+        self, origin: str, sid: str, namespace: str, ack_id: int, *args: Any
+    ) -> None:
+        if origin == self.node_url:
+            await self.trigger_callback(sid, ack_id, args)
+            return
+        self._send(
+            [origin],
+            {"m": "callback", "sid": sid, "ns": namespace, "id": ack_id, "args": pack(list(args))},
+        )
+
+    # -- cluster-wide operations (Node's adapter API, Pythonic names) ---------------------------
+
+    @overload
+    def on_server_event(
+        self, event: str, handler: None = None, namespace: str = "/"
+    ) -> Callable[[_H], _H]: ...
+
+    @overload
+    def on_server_event(self, event: str, handler: _H, namespace: str = "/") -> _H: ...
+
+    def on_server_event(
+        self,
+        event: str,
+        handler: ServerEventHandler | None = None,
+        namespace: str = "/",
+    ) -> Any:
+        """Register ``handler(*args)`` for :meth:`server_side_emit` from other nodes; usable as a
+        decorator (``@mgr.on_server_event("event")``). Its return value (may be a coroutine) is
+        the node's response when the emitter asked for acks."""
+
+        def register(func: _H) -> _H:
+            self._server_handlers[(namespace, event)] = func
+            return func
+
+        if handler is None:
+            return register
+        return register(handler)
+
+    async def server_side_emit(
+        self,
+        event: str,
+        *args: Any,
+        namespace: str = "/",
+        timeout: float = 5.0,
+        with_ack: bool = False,
+    ) -> list[Any] | None:
+        """Run the ``event`` handlers of the OTHER nodes with ``args``.
+
+        Without acks it is fire-and-forget, ordered with this node's emits, and returns None.
+        With ``with_ack=True`` it returns the list of the other nodes' responses (nodes without
+        a handler for ``event`` do not respond) and raises :class:`PartialResult` when some node
+        did not answer within ``timeout`` seconds.
+        """
+        peers = self.mesh.cluster.live_peers()
+        if not with_ack:
+            self._send(
+                peers, {"m": "server_event", "event": event, "ns": namespace, "args": pack(args)}
+            )
+            return None
+        replies, missing = await self._call(
+            peers,
+            {"op": "server_event", "event": event, "ns": namespace, "args": pack(args)},
+            timeout,
+        )
+        responses = [unpack(r["result"]) for r in replies.values() if r.get("handled")]
+        if missing:
+            raise PartialResult(responses, missing)
+        return responses
+
+    async def fetch_sockets(
+        self, namespace: str = "/", room: Room | list[Room] | None = None, timeout: float = 5.0
+    ) -> list[RemoteSocket]:
+        """Every client of ``namespace`` in the cluster (only ``room``'s members if given).
+        Raises :class:`PartialResult` (``responses``: the sockets found) if a node is missing."""
+        sockets = await self._local_sockets(namespace, room)
+        replies, missing = await self._call(
+            self._peers_for(namespace, room),
+            {"op": "fetch_sockets", "ns": namespace, "room": room},
+            timeout,
+        )
+        for peer, reply in replies.items():
+            for item in reply.get("sockets", []):
+                sockets.append(
+                    RemoteSocket(
+                        sid=item["sid"],
+                        namespace=namespace,
+                        rooms=tuple(item["rooms"]),
+                        data=unpack(item["data"]),
+                        owner=peer,
+                        _manager=self,
+                    )
+                )
+        if missing:
+            raise PartialResult(sockets, missing)
+        return sockets
+
+    async def all_rooms(self, namespace: str = "/", timeout: float = 5.0) -> set[Room]:
+        """The names of every non-empty room of ``namespace`` across the cluster (clients' own
+        sid rooms excluded). Raises :class:`PartialResult` if a node is missing."""
+        rooms = set(self._local_rooms(namespace))
+        replies, missing = await self._call(
+            self.mesh.cluster.live_peers(), {"op": "all_rooms", "ns": namespace}, timeout
+        )
+        for reply in replies.values():
+            rooms.update(reply.get("rooms", []))
+        if missing:
+            raise PartialResult(rooms, missing)
+        return rooms
+
+    async def sockets_join(
+        self, rooms: Room | list[Room], namespace: str = "/", room: Room | None = None
+    ) -> None:
+        """Make every client of ``namespace`` (or of ``room``) join ``rooms``, on every node."""
+        names = _rooms_list(rooms)
+        self._send(
+            self._peers_for(namespace, room),
+            {"m": "sockets_join", "ns": namespace, "room": room, "rooms": names},
+        )
+        await self._local_join(namespace, room, names)
+
+    async def sockets_leave(
+        self, rooms: Room | list[Room], namespace: str = "/", room: Room | None = None
+    ) -> None:
+        """Make every client of ``namespace`` (or of ``room``) leave ``rooms``, on every node."""
+        names = _rooms_list(rooms)
+        self._send(
+            self._peers_for(namespace, room),
+            {"m": "sockets_leave", "ns": namespace, "room": room, "rooms": names},
+        )
+        await self._local_leave(namespace, room, names)
+
+    async def disconnect_sockets(
+        self, namespace: str = "/", room: Room | None = None, close: bool = False
+    ) -> None:
+        """Disconnect every client of ``namespace`` (or of ``room``) on every node; with
+        ``close=True`` the whole Engine.IO connection is closed, not just the namespace."""
+        self._send(
+            self._peers_for(namespace, room),
+            {"m": "disconnect_sockets", "ns": namespace, "room": room, "close": close},
+        )
+        await self._local_disconnect(namespace, room, close)
+
+    def server_count(self) -> int:
+        """How many nodes are in the cluster: this one plus its live peers."""
+        return 1 + len(self.mesh.cluster.live_peers())
+
+    # -- local halves ----------------------------------------------------------------------------
+
+    def _local_sids(self, namespace: str, room: Room | list[Room] | None) -> list[tuple[str, str]]:
+        return [
+            (sid, eio_sid)
+            for sid, eio_sid in self.get_participants(namespace, room)
+            if self.is_connected(sid, namespace)
+        ]
+
+    async def _local_sockets(
+        self, namespace: str, room: Room | list[Room] | None
+    ) -> list[RemoteSocket]:
+        out = []
+        for sid, _ in self._local_sids(namespace, room):
+            data: Any = None
+            try:
+                session = await self.server.get_session(sid, namespace=namespace)
+                json.dumps(pack(session))
+                data = session
+            except Exception:  # anything not JSON-able is reported as None
+                data = None
+            out.append(
+                RemoteSocket(
+                    sid=sid,
+                    namespace=namespace,
+                    rooms=tuple(self.get_rooms(sid, namespace)),
+                    data=data,
+                    owner=self.node_url,
+                    _manager=self,
+                )
+            )
+        return out
+
+    def _local_rooms(self, namespace: str) -> list[Room]:
+        return [
+            name
+            for name in self.rooms.get(namespace, {})
+            if name is not None and not self.is_sid_room(namespace, name)
+        ]
+
+    async def _local_join(self, namespace: str, room: Room | None, names: list[Room]) -> None:
+        for sid, _ in self._local_sids(namespace, room):
+            for name in names:
+                with contextlib.suppress(ValueError):
+                    self.basic_enter_room(sid, namespace, name)
+
+    async def _local_leave(self, namespace: str, room: Room | None, names: list[Room]) -> None:
+        for sid, _ in self._local_sids(namespace, room):
+            for name in names:
+                self.basic_leave_room(sid, namespace, name)
+
+    async def _local_disconnect(self, namespace: str, room: Room | None, close: bool) -> None:
+        for sid, eio_sid in self._local_sids(namespace, room):
+            if close:
+                await self.server.eio.disconnect(eio_sid)
+            else:
+                await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+
+    # -- request/response calls ------------------------------------------------------------------
+
+    async def _call(
+        self, peers: list[str], request: dict[str, Any], timeout: float
+    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """POST ``request`` to every peer at once; (replies by peer, peers that did not)."""
+        if not peers:
+            return {}, []
+        body = json.dumps(request, separators=(",", ":")).encode()
+        tasks = {
+            peer: asyncio.create_task(
+                self.mesh.peers.post(peer, CALL_ENDPOINT, body, timeout=timeout)
+            )
+            for peer in peers
+        }
+        done, pending = await asyncio.wait(tasks.values(), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        replies: dict[str, dict[str, Any]] = {}
+        missing: list[str] = []
+        for peer, task in tasks.items():
+            if task not in done or task.cancelled():
+                missing.append(peer)
+                continue
+            exc = task.exception()
+            if exc is not None:
+                if not isinstance(exc, PeerError):
+                    log.error("adapter call to %s failed", peer, exc_info=exc)
+                missing.append(peer)
+                continue
+            try:
+                reply = json.loads(task.result())
+            except ValueError:
+                missing.append(peer)
+                continue
+            if isinstance(reply, dict):
+                replies[peer] = reply
+            else:
+                missing.append(peer)
+        return replies, missing
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    async def handle_batch(self, body: bytes, sender: str) -> bytes:
+        """The ``adapter`` endpoint: apply a batch from ``sender`` (already authenticated)."""
+        batch = decode_batch(body)
+        lock = self._sender_locks.get(sender)
+        if lock is None:
+            lock = self._sender_locks[sender] = asyncio.Lock()
+        # One batch per sender at a time: a retry that overtakes a slow first attempt waits,
+        # then finds its messages already delivered.
+        async with lock:
+            for seq, message in batch.messages:
+                if not self._dedup.accept(sender, batch.epoch, seq):
+                    self.stats["duplicates"] += 1
+                    continue
+                self.stats["received"] += 1
+                try:
+                    await self._dispatch(message, sender)
+                except WireError as exc:
+                    self.stats["bad_messages"] += 1
+                    log.warning("bad adapter message from %s: %s", sender, exc)
+                except Exception:
+                    log.exception("adapter message from %s failed", sender)
+        return b"ok"
+
+    async def _dispatch(self, msg: dict[str, Any], sender: str) -> None:
+        method = msg["m"]
+        namespace = _require(msg, "ns", str)
+        if method == "emit":
+            cb = msg.get("cb")
+            callback = None
+            if cb is not None:
+                if not (isinstance(cb, list) and len(cb) == 3 and isinstance(cb[2], int)):
+                    raise WireError("malformed callback")
+                callback = partial(self._return_callback, sender, cb[0], cb[1], cb[2])
+            args = unpack(_require(msg, "args", list))
+            await super().emit(
+                _require(msg, "event", str),
+                tuple(args),
+                namespace,
+                room=msg.get("room"),
+                skip_sid=msg.get("skip"),
+                callback=callback,
+            )
+        elif method == "callback":
+            args = unpack(_require(msg, "args", list))
+            await self.trigger_callback(_require(msg, "sid", str), _require(msg, "id", int), args)
+        elif method == "disconnect":
+            sid = _require(msg, "sid", str)
+            if self.is_connected(sid, namespace):
+                await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+        elif method in ("enter_room", "leave_room"):
+            sid = _require(msg, "sid", str)
+            if self._is_local(sid, namespace):
+                if method == "enter_room":
+                    await super().enter_room(sid, namespace, msg.get("room"))
+                else:
+                    await super().leave_room(sid, namespace, msg.get("room"))
+        elif method == "close_room":
+            await super().close_room(msg.get("room"), namespace)
+        elif method == "sockets_join":
+            await self._local_join(namespace, msg.get("room"), _require(msg, "rooms", list))
+        elif method == "sockets_leave":
+            await self._local_leave(namespace, msg.get("room"), _require(msg, "rooms", list))
+        elif method == "disconnect_sockets":
+            await self._local_disconnect(namespace, msg.get("room"), bool(msg.get("close")))
+        elif method == "server_event":
+            await self._run_server_event(
+                namespace, _require(msg, "event", str), unpack(_require(msg, "args", list))
+            )
+        else:
+            raise WireError(f"unknown method {method!r}")
+
+    async def _run_server_event(
+        self, namespace: str, event: str, args: list[Any]
+    ) -> tuple[bool, Any]:
+        handler = self._server_handlers.get((namespace, event))
+        if handler is None:
+            return False, None
+        result = handler(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return True, result
+
+    async def handle_call(self, body: bytes, sender: str) -> bytes:
+        """The ``adapter-call`` endpoint: answer a cluster-wide request from ``sender``."""
+        try:
+            request = json.loads(body)
+        except ValueError as exc:
+            raise WireError("call is not JSON") from exc
+        if not isinstance(request, dict):
+            raise WireError("call is not an object")
+        op = request.get("op")
+        namespace = _require(request, "ns", str)
+        reply: dict[str, Any]
+        if op == "server_event":
+            handled, result = await self._run_server_event(
+                namespace,
+                _require(request, "event", str),
+                unpack(_require(request, "args", list)),
+            )
+            reply = {"handled": handled, "result": pack(result)}
+        elif op == "fetch_sockets":
+            sockets = await self._local_sockets(namespace, request.get("room"))
+            reply = {
+                "sockets": [
+                    {"sid": s.sid, "rooms": list(s.rooms), "data": pack(s.data)} for s in sockets
+                ]
+            }
+        elif op == "all_rooms":
+            reply = {"rooms": self._local_rooms(namespace)}
+        else:
+            raise WireError(f"unknown call {op!r}")
+        return json.dumps(reply, separators=(",", ":")).encode()
+
+
+def install_adapter(mesh: SioMesh, **options: Any) -> MeshManager | None:
+    """Install a :class:`MeshManager` on the mesh's Socket.IO server and return it.
+
+    Only a server still using python-socketio's default in-memory ``socketio.AsyncManager`` is
+    changed; a server configured with another manager (``AsyncRedisManager``, ...) keeps it
+    (``None`` is returned) and the mesh still forwards its requests. ``options`` go to
+    :class:`MeshManager`.
+    """
+    sio = mesh.engine.sio
+    if sio is None:
+        log.info("no python-socketio server: the siomesh adapter is not installed")
+        return None
+    current = sio.manager
+    if type(current) is not socketio.AsyncManager:
+        log.info(
+            "server uses %s: keeping it, the siomesh adapter is not installed",
+            type(current).__name__,
+        )
+        return None
+    manager = MeshManager(mesh, **options)
+    # Carry over anything the default manager already holds (clients connected before the
+    # mesh was built), so the swap is invisible.
+    manager.rooms = current.rooms
+    manager.eio_to_sid = current.eio_to_sid
+    manager.callbacks = current.callbacks
+    manager.pending_connect = current.pending_connect
+    manager.pending_disconnect = current.pending_disconnect
+    manager.set_server(sio)
+    sio.manager = manager
+    mesh.register_endpoint(BUS_ENDPOINT, manager.handle_batch)
+    mesh.register_endpoint(CALL_ENDPOINT, manager.handle_call)
+    mesh.on_startup(manager.start)
+    mesh.on_shutdown(manager.stop)
+    return manager

@@ -1,0 +1,206 @@
+"""``siomesh run`` as a real process: N workers on one SO_REUSEPORT port (no stickiness at all),
+loaded by polling python-socketio clients; and the command's error cases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import socketio
+
+from tests.e2e import (
+    LOOPBACK,
+    REPO,
+    Cluster,
+    free_port,
+    http_get,
+    run_cluster,
+    siomesh_cmd,
+    stop_process,
+)
+
+ECHO_APP = "tests.apps.echo:app"
+CLIENTS = 30
+ROUND_TRIPS = 5
+
+
+@pytest.fixture(scope="module")
+def echo_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with run_cluster(
+        ["run", ECHO_APP, "--workers", "3"], tmp_path_factory.mktemp("run"), workers=3
+    ) as cluster:
+        yield cluster
+
+
+async def drop(client: socketio.AsyncClient) -> None:
+    """Disconnect without waiting for the pending long-poll GET to end (up to ~30 s)."""
+    with contextlib.suppress(Exception):  # TimeoutError included
+        await asyncio.wait_for(client.disconnect(), 1.0)
+    eio = client.eio
+    for task in (eio.read_loop_task, eio.write_loop_task):
+        if task is not None and not task.done():
+            task.cancel()
+    if eio.http is not None and not eio.http.closed:
+        await eio.http.close()
+
+
+async def echo_client(url: str, index: int) -> tuple[str, list[str]]:
+    """Connect over polling only, do the acked round trips; (owner URL, errors)."""
+    errors: list[str] = []
+    client = socketio.AsyncClient(reconnection=False)
+    owner = ""
+    try:
+        await client.connect(url, transports=["polling"], wait_timeout=10)
+        owner = await client.call("whoami", timeout=10)
+        for k in range(ROUND_TRIPS):
+            payload = {"client": index, "round": k, "pad": "x" * (k * 300)}
+            reply = await client.call("echo", payload, timeout=10)
+            if reply != payload:
+                errors.append(f"client {index} round {k}: got {reply!r}")
+    except Exception as exc:
+        errors.append(f"client {index}: {type(exc).__name__}: {exc}")
+    finally:
+        await drop(client)
+    return owner, errors
+
+
+def mesh_stats(cluster: Cluster) -> list[dict[str, int]]:
+    stats = []
+    for worker in cluster.workers:
+        status, body = http_get(worker + "/_siomesh/status")
+        assert status == 200
+        stats.append(json.loads(body)["stats"])
+    return stats
+
+
+async def test_polling_load_through_one_port_without_stickiness(echo_cluster: Cluster) -> None:
+    before = sum(s["forwarded"] for s in mesh_stats(echo_cluster))
+    results = await asyncio.wait_for(
+        asyncio.gather(*(echo_client(echo_cluster.url, i) for i in range(CLIENTS))), 90
+    )
+    errors = [e for _, errs in results for e in errs]
+    assert errors == [], f"{len(errors)} failures:\n" + "\n".join(errors[:20])
+    owners = {owner for owner, _ in results}
+    assert owners <= set(echo_cluster.workers)
+    # The kernel spreads connections at random: 30 sessions on one worker would be a fluke.
+    assert len(owners) >= 2, owners
+    # And the requests of a session do land on other workers: the mesh forwarded them.
+    forwarded = sum(s["forwarded"] for s in mesh_stats(echo_cluster)) - before
+    assert forwarded > 0
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        siomesh_cmd(*args),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_status_against_a_worker_prints_members(echo_cluster: Cluster) -> None:
+    me, *others = echo_cluster.workers
+    result = run_cli("status", me)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith(f"node     {me}")
+    assert "state=serving" in out
+    assert "members  2" in out
+    for peer in others:
+        assert peer in out
+    raw = run_cli("status", me, "--json")
+    assert raw.returncode == 0, raw.stderr
+    data = json.loads(raw.stdout)
+    assert data["node"] == me
+    assert {m["url"] for m in data["members"]} == set(others)
+
+
+def test_status_of_a_closed_port_exits_1_with_a_clear_message() -> None:
+    port = free_port()  # nothing listens there once the probe socket is closed
+    result = run_cli("status", f"http://{LOOPBACK}:{port}", "--timeout", "2")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert f"cannot read http://{LOOPBACK}:{port}/_siomesh/status" in result.stderr
+    assert "Connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_zero_workers_is_a_usage_error() -> None:
+    result = run_cli("run", ECHO_APP, "--workers", "0", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "--workers" in result.stderr
+    assert "must be at least 1" in result.stderr
+
+
+def test_bad_app_spec_exits_nonzero_naming_the_problem(tmp_path: Path) -> None:
+    cases = {
+        "nosuch_module_xyz:app": "cannot import 'nosuch_module_xyz'",
+        "tests.apps.echo:nothing_here": "has no attribute 'nothing_here'",
+        "no_colon_here": "expected MODULE:APP",
+    }
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    started = time.monotonic()
+    try:
+        for spec in cases:
+            err = tmp_path / f"{spec.replace(':', '_')}.err"
+            with err.open("wb") as sink:
+                procs[spec] = (
+                    subprocess.Popen(
+                        siomesh_cmd("run", spec, "--workers", "1", "--port", str(free_port())),
+                        cwd=REPO,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=sink,
+                        start_new_session=True,
+                    ),
+                    err,
+                )
+        for spec, (proc, _) in procs.items():
+            try:
+                proc.wait(timeout=max(1.0, 60 - (time.monotonic() - started)))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"siomesh run {spec} still running after 60 s")
+    finally:
+        for proc, _ in procs.values():
+            stop_process(proc)
+    elapsed = time.monotonic() - started
+    slow_or_noisy = []
+    for spec, expected in cases.items():
+        proc, err = procs[spec]
+        stderr = err.read_text(errors="replace")
+        assert proc.returncode not in (0, None), spec
+        assert expected in stderr, f"{spec}: {stderr[-2000:]}"
+        if "Traceback" in stderr:
+            slow_or_noisy.append(spec)
+    if elapsed > 5 or slow_or_noisy:
+        # The essentials hold; what follows is the behaviour we want but siomesh lacks.
+        pytest.xfail(
+            "siomesh bug: a bad MODULE:APP is only found by the workers, which are restarted "
+            f"with backoff until the supervisor gives up ({elapsed:.0f} s, tracebacks for "
+            f"{slow_or_noisy}); the supervisor should import it first and exit at once"
+        )
+
+
+def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
+    with run_cluster(["run", ECHO_APP, "--workers", "2"], tmp_path, workers=2) as cluster:
+        started = time.monotonic()
+        cluster.proc.send_signal(signal.SIGTERM)
+        returncode = cluster.proc.wait(timeout=20)
+        took = time.monotonic() - started
+        assert returncode == 0, cluster.output()
+        assert took < 15
+        for url in [cluster.url, *cluster.workers]:
+            port = int(url.rsplit(":", 1)[1])
+            with socket.socket() as sock:
+                sock.settimeout(1)
+                assert sock.connect_ex((LOOPBACK, port)) != 0, f"{url} still accepts"
