@@ -96,6 +96,11 @@ class MeshConfig:
     #: forwarded) to Engine.IO responses. For demos and debugging; off by default (it reveals
     #: private node addresses to clients).
     served_by_header: bool = False
+    #: Where a room emit goes: ``"all"`` live members (never misses a member that joined the
+    #: room a moment ago), or ``"directory"``: only members the gossiped directory lists for
+    #: the room (fewer peer messages; a join is seen by other nodes ~50-150 ms later, and an
+    #: emit inside that window misses the new member).
+    room_routing: str = "all"
 
     @classmethod
     def build(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> MeshConfig:
@@ -152,6 +157,8 @@ class MeshConfig:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_body_bytes is not None and self.max_body_bytes <= 0:
             raise ConfigError("max_body_bytes must be > 0")
+        if self.room_routing not in ("all", "directory"):
+            raise ConfigError("room_routing must be 'all' or 'directory'")
         if self.pool_size <= 0:
             raise ConfigError("pool_size must be > 0")
 

@@ -33,6 +33,7 @@ from .discovery import EngineTarget, find_engine
 from .forward import BodyTooLarge, Forwarder, OwnerUnreachable, Receive, Scope, Send, read_body
 from .metrics import MeshCollector, render
 from .routing import Action, decide
+from .runtime.gossip import GossipRuntime, TrackedSockets
 from .runtime.peers import PeerClient
 from .sid import SidKeys, generation_tag, make_sid, node_tag
 
@@ -84,6 +85,11 @@ class SioMesh:
     it uses python-socketio's default in-memory manager, so emits, rooms and acks reach clients
     on every node without a broker; ``self.adapter`` is that manager, or ``None`` (disabled, or
     the server keeps another manager such as ``AsyncRedisManager``).
+
+    ``gossip`` (default True) runs the membership and directory protocol
+    (:mod:`siomesh.runtime.gossip`): peers are then seeds, members join and leave at run time,
+    and a dead or restarted owner's sessions are refused at once. ``gossip=False`` keeps the
+    configured peer list as a fixed membership.
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class SioMesh:
         engineio_path: str | None = None,
         env: Mapping[str, str] | None = None,
         adapter: bool = True,
+        gossip: bool = True,
         **options: Any,
     ) -> None:
         self.app = app
@@ -158,6 +165,16 @@ class SioMesh:
             directory=self._directory_sizes,
             sessions=lambda: len(self._local_sids),
         )
+        self.gossip: GossipRuntime | None = None
+        if gossip:
+            runtime = GossipRuntime(self)
+            self.gossip = runtime
+            self.cluster = runtime.cluster
+            tracked = TrackedSockets(eio.sockets, runtime.sid_added, runtime.sid_removed)
+            eio.sockets = tracked
+            self._local_sids = tracked
+            self.on_startup(self._start_gossip)
+            self.on_shutdown(runtime.stop)
         from .adapter import MeshManager, install_adapter
 
         self.adapter: MeshManager | None = install_adapter(self) if adapter else None
@@ -433,6 +450,13 @@ class SioMesh:
     async def _status_endpoint(self, body: bytes, sender: str) -> bytes:
         return json.dumps(self.status()).encode()
 
+    async def _start_gossip(self) -> None:
+        assert self.gossip is not None
+        sio = self.engine.sio
+        if sio is not None:
+            self.gossip.hook_manager(sio.manager)
+        await self.gossip.start()
+
     def _member_counts(self) -> dict[str, int]:
         counts = getattr(self.cluster, "member_counts", None)
         if counts is not None:
@@ -456,11 +480,17 @@ class SioMesh:
             "state": self.state,
             "sessions": len(self._local_sids),
             "stats": dict(self.stats),
-            "members": [
-                {"url": url, "state": "alive"}
-                for url in sorted(getattr(self.cluster, "peer_urls", ()))
-            ],
+            "members": self._members_status(),
         }
+
+    def _members_status(self) -> list[dict[str, Any]]:
+        describe = getattr(self.cluster, "members_status", None)
+        if describe is not None:
+            result: list[dict[str, Any]] = describe()
+            return result
+        return [
+            {"url": url, "state": "alive"} for url in sorted(getattr(self.cluster, "peer_urls", ()))
+        ]
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

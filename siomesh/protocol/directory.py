@@ -434,6 +434,11 @@ class Directory:
         n = len(prefix)
         return [k[n:] for k in s.live if k.startswith(prefix) and ":" not in k[n:]]
 
+    def origin_size(self, origin: str) -> int:
+        """Live entries of ``origin``. O(1)."""
+        s = self._origins.get(origin)
+        return 0 if s is None else len(s.live)
+
     def entry_count(self) -> int:
         """Live entries plus tombstones, all origins."""
         return sum(len(s.live) + len(s.tombs) for s in self._origins.values())

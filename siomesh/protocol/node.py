@@ -187,6 +187,12 @@ class Node:
             times.append(d)
         return min(times)
 
+    def add_seeds(self, seeds: Iterable[str]) -> None:
+        """Learn more seed URLs (e.g. a DNS name re-resolved by the runtime); own URL ignored."""
+        for seed in seeds:
+            if seed != self.url and seed not in self._seeds:
+                self._seeds.append(seed)
+
     # ------------------------------------------------------------------ local directory
 
     def add_local(self, key: str, value: str = "") -> None:

@@ -1,0 +1,369 @@
+"""The gossip runtime: runs the pure :class:`siomesh.protocol.node.Node` inside a SioMesh node.
+
+* Transport: every protocol message is one signed POST to the peer's ``{mesh_path}/gossip``
+  (one-way; answers travel as POSTs the other way). A send that fails is dropped: the protocol
+  tolerates loss. At most ``MAX_IN_FLIGHT`` sends are outstanding; beyond that messages are
+  dropped and counted, so a slow peer can never make this node queue without bound.
+* Timers: one task calls ``Node.tick`` no later than ``Node.next_tick_at`` (capped at 250 ms).
+* Directory: this node's Engine.IO sids (from the server's ``sockets`` dict), Socket.IO sids per
+  namespace and room memberships (from the client manager's ``basic_enter_room`` /
+  ``basic_leave_room``) are published as they change, whatever client manager is installed.
+* Seeds: URLs, or ``dns+http://name:port`` names re-resolved every ``DNS_INTERVAL`` seconds.
+* :class:`GossipCluster` is the :class:`~siomesh.cluster.ClusterView` that routing and the
+  adapter read: O(1) per request except a directory probe that is O(origins).
+
+Everything here runs on the node's event loop; nothing is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..cluster import MemberRef
+from ..protocol.directory import engineio_key, room_key, socketio_key
+from ..protocol.membership import GossipConfig, Member
+from ..protocol.messages import DecodeError, State, decode, encode
+from ..protocol.node import Node, Outbound
+from ..sid import SidKeys, generation_tag, node_tag
+from .peers import PeerError
+
+if TYPE_CHECKING:
+    from ..middleware import SioMesh
+
+__all__ = ["GossipCluster", "GossipRuntime", "TrackedSockets"]
+
+log = logging.getLogger("siomesh.gossip")
+
+MAX_IN_FLIGHT = 256
+DNS_INTERVAL = 10.0
+_MAX_TICK_SLEEP = 0.25
+
+
+class TrackedSockets(dict[str, Any]):
+    """python-engineio's ``sockets`` dict, reporting sids added and removed.
+
+    python-engineio only uses ``d[sid] = s``, ``del d[sid]``, ``in``, ``get`` and iteration on
+    it, so overriding the two writers is enough; ``pop`` is covered for safety.
+    """
+
+    def __init__(
+        self,
+        initial: dict[str, Any],
+        on_add: Callable[[str], None],
+        on_remove: Callable[[str], None],
+    ) -> None:
+        super().__init__(initial)
+        self._on_add = on_add
+        self._on_remove = on_remove
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        new = key not in self
+        super().__setitem__(key, value)
+        if new:
+            self._on_add(key)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._on_remove(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        present = key in self
+        value = super().pop(key, *default)
+        if present:
+            self._on_remove(key)
+        return value
+
+
+class GossipCluster:
+    """The live cluster view built from the gossip node, plus the configured seeds.
+
+    A seed URL that gossip has not learned about yet counts as a live member (generation
+    unknown), so that a sid minted by a seed routes correctly during the first moments of a
+    cluster's life; once gossip knows the member, its state and generation decide.
+    """
+
+    def __init__(
+        self, node: Node, keys: SidKeys, seeds: Iterable[str], *, room_directory: bool = False
+    ) -> None:
+        self._node = node
+        self._room_directory = room_directory
+        self._keys = keys
+        self._self_url = node.url
+        self._self_tag = node_tag(keys, node.url)
+        self._tags: dict[str, str] = {}  # url -> node tag (cached: one HMAC per member)
+        self._gen_tags: dict[int, str] = {}
+        self._seeds = {u for u in seeds if not u.startswith("dns+") and u != node.url}
+        self._seed_by_tag = {self._tag(u): u for u in self._seeds}
+
+    def _tag(self, url: str) -> str:
+        tag = self._tags.get(url)
+        if tag is None:
+            tag = self._tags[url] = node_tag(self._keys, url)
+        return tag
+
+    def _gen_tag(self, generation: int) -> str:
+        tag = self._gen_tags.get(generation)
+        if tag is None:
+            if len(self._gen_tags) > 4096:
+                self._gen_tags.clear()
+            tag = self._gen_tags[generation] = generation_tag(self._keys, generation)
+        return tag
+
+    @property
+    def self_url(self) -> str:
+        return self._self_url
+
+    @property
+    def self_tag(self) -> str:
+        return self._self_tag
+
+    def member_by_tag(self, tag: str) -> MemberRef | None:
+        best: Member | None = None
+        for m in self._node.members():
+            if (
+                m.url != self._self_url
+                and self._tag(m.url) == tag
+                and (best is None or m.generation > best.generation)
+            ):
+                best = m
+        if best is not None:
+            return MemberRef(best.url, best.live, self._gen_tag(best.generation))
+        seed = self._seed_by_tag.get(tag)
+        if seed is not None:
+            return MemberRef(seed, True, None)
+        return None
+
+    def directory_owner(self, sid: str) -> str | None:
+        return self._node.directory.owner_of_engineio_sid(sid)
+
+    def is_tombstoned(self, sid: str) -> bool:
+        return self._node.directory.is_tombstoned(engineio_key(sid))
+
+    def is_live_member(self, url: str) -> bool:
+        if url == self._self_url:
+            return False
+        member = self._node.member_by_url(url)
+        if member is not None:
+            return member.live
+        return url in self._seeds
+
+    def live_peers(self) -> list[str]:
+        urls = {m.url for m in self._node.live_members() if m.url != self._self_url}
+        known = {m.url for m in self._node.members()}
+        urls.update(u for u in self._seeds if u not in known)
+        return sorted(urls)
+
+    def room_owners(self, namespace: str, room: str) -> set[str] | None:
+        """Members that have ``room`` per the directory (eventually consistent); ``None``
+        (meaning every live member) unless ``room_routing="directory"``."""
+        if not self._room_directory:
+            return None
+        return self._node.directory.owners_of_room(namespace, room)
+
+    def member_counts(self) -> dict[str, int]:
+        counts = {s.name.lower(): 0 for s in State}
+        for m in self._node.members():
+            counts[m.state.name.lower()] += 1
+        return counts
+
+    def directory_sizes(self) -> dict[str, int]:
+        d = self._node.directory
+        return {origin: d.origin_size(origin) for origin in d.origins()}
+
+    def members_status(self) -> list[dict[str, Any]]:
+        d = self._node.directory
+        out = []
+        for m in sorted(self._node.members(), key=lambda m: m.url):
+            out.append(
+                {
+                    "url": m.url,
+                    "state": m.state.name.lower(),
+                    "generation": m.generation,
+                    "incarnation": m.incarnation,
+                    "sessions": d.engineio_count(m.node_id),
+                    "self": m.url == self._self_url,
+                }
+            )
+        return out
+
+
+class GossipRuntime:
+    """Owns the :class:`Node`, its timer task and its transport (see the module docstring)."""
+
+    def __init__(self, mesh: SioMesh, config: GossipConfig | None = None) -> None:
+        self.mesh = mesh
+        self.config = config or GossipConfig.lan()
+        url = mesh.config.node_url
+        seeds = [p for p in mesh.config.peers if not p.startswith("dns+")]
+        self._dns = [p[4:] for p in mesh.config.peers if p.startswith("dns+")]
+        self.node = Node(
+            node_id=url,
+            url=url,
+            generation=mesh.generation,
+            config=self.config,
+            rng=random.Random(),
+            seeds=seeds,
+        )
+        self.cluster = GossipCluster(
+            self.node,
+            mesh.keys,
+            seeds,
+            room_directory=mesh.config.room_routing == "directory",
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._dns_task: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        stats = mesh.stats
+        for key in (
+            "gossip_messages_sent",
+            "gossip_messages_received",
+            "gossip_bytes_sent",
+            "gossip_bytes_received",
+            "gossip_send_errors",
+            "gossip_dropped",
+            "gossip_bad_messages",
+        ):
+            stats.setdefault(key, 0)
+        mesh.register_endpoint("gossip", self._receive)
+
+    # -- directory publication -------------------------------------------------------------------
+
+    def sid_added(self, sid: str) -> None:
+        self.node.add_local(engineio_key(sid))
+
+    def sid_removed(self, sid: str) -> None:
+        self.node.remove_local(engineio_key(sid))
+
+    def _room_key(self, namespace: str, room: Any, sid: str) -> str | None:
+        if ":" in namespace:
+            return None  # the directory's key format cannot hold it; routing falls back
+        if room is None:
+            return socketio_key(namespace, sid)
+        if room == sid:
+            return None  # a sid's own room: the sid tag already routes it
+        return room_key(namespace, str(room), sid)
+
+    def hook_manager(self, manager: Any) -> None:
+        """Publish Socket.IO sids and rooms as ``manager`` changes them (any manager class)."""
+        enter = manager.basic_enter_room
+        leave = manager.basic_leave_room
+        runtime = self
+
+        def basic_enter_room(sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
+            enter(sid, namespace, room, eio_sid=eio_sid)
+            key = runtime._room_key(namespace, room, sid)
+            if key is not None:
+                runtime.node.add_local(key)
+
+        def basic_leave_room(sid: str, namespace: str, room: Any) -> None:
+            present = sid in manager.rooms.get(namespace, {}).get(room, {})
+            leave(sid, namespace, room)
+            key = runtime._room_key(namespace, room, sid)
+            if present and key is not None:
+                runtime.node.remove_local(key)
+
+        manager.basic_enter_room = basic_enter_room
+        manager.basic_leave_room = basic_leave_room
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+        if self._dns:
+            await self._resolve_dns()
+            self._dns_task = asyncio.ensure_future(self._dns_loop())
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        """Announce a graceful leave (bounded to 1 s), then stop every task."""
+        self._stopping = True
+        for task in (self._task, self._dns_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        leave = self.node.leave(time.monotonic())
+        sends = [asyncio.ensure_future(self._post(url, encode(msg))) for url, msg in leave]
+        if sends:
+            await asyncio.wait(sends, timeout=1.0)
+        for task in list(self._sends) + sends:
+            task.cancel()
+        self._sends.clear()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self._send(self.node.tick(time.monotonic()))
+            except Exception:  # a bug in one tick must not stop membership for good
+                log.exception("gossip tick failed")
+            delay = self.node.next_tick_at() - time.monotonic()
+            await asyncio.sleep(min(max(delay, 0.001), _MAX_TICK_SLEEP))
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _send(self, outbound: list[Outbound]) -> None:
+        for url, msg in outbound:
+            if len(self._sends) >= MAX_IN_FLIGHT:
+                self.mesh.stats["gossip_dropped"] += 1
+                continue
+            task = asyncio.ensure_future(self._post(url, encode(msg)))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _post(self, url: str, body: bytes) -> None:
+        stats = self.mesh.stats
+        stats["gossip_messages_sent"] += 1
+        stats["gossip_bytes_sent"] += len(body)
+        try:
+            await self.mesh.peers.post(url, "gossip", body, timeout=self.config.probe_interval * 2)
+        except PeerError as exc:
+            stats["gossip_send_errors"] += 1
+            log.debug("gossip to %s failed: %s", url, exc)
+
+    async def _receive(self, body: bytes, sender: str) -> bytes:
+        stats = self.mesh.stats
+        stats["gossip_messages_received"] += 1
+        stats["gossip_bytes_received"] += len(body)
+        try:
+            msg = decode(body, self.config.max_message_bytes)
+        except DecodeError as exc:
+            stats["gossip_bad_messages"] += 1
+            raise ValueError(f"bad gossip message: {exc}") from exc
+        self._send(self.node.receive(sender, msg, time.monotonic()))
+        return b""
+
+    # -- DNS seeds -------------------------------------------------------------------------------
+
+    async def _dns_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(DNS_INTERVAL)
+            await self._resolve_dns()
+
+    async def _resolve_dns(self) -> None:
+        loop = asyncio.get_running_loop()
+        found: list[str] = []
+        for base in self._dns:
+            parts = urllib.parse.urlsplit(base)
+            host, port = parts.hostname or "", parts.port or 80
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=5.0
+                )
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.warning("cannot resolve seed %s: %s", base, exc)
+                continue
+            for info in infos:
+                address = str(info[4][0])
+                shown = f"[{address}]" if ":" in address else address
+                found.append(f"{parts.scheme}://{shown}:{port}")
+        if found:
+            self.node.add_seeds(found)
