@@ -117,7 +117,37 @@ def _announce(plan: WorkerPlan, *, demo: bool) -> None:
         print(f"Open http://{host}:{plan.port}/ in two browser tabs. Ctrl-C stops.", flush=True)
 
 
+def _check_app(spec: str) -> str | None:
+    """Import the app once in the supervisor, so a typo fails at once with one line instead of
+    N workers crashing in a restart loop. Returns the error, or None."""
+    import os
+
+    from .workers import load_app
+
+    # Importing builds the app, and SioMesh(app) needs its settings: give it throwaway ones.
+    saved = {k: os.environ.get(k) for k in ("SIOMESH_NODE_URL", "SIOMESH_SECRET")}
+    os.environ.setdefault("SIOMESH_NODE_URL", "http://127.0.0.1:9")
+    os.environ.setdefault("SIOMESH_SECRET", "siomesh-supervisor-import-check")
+    try:
+        load_app(spec)
+    except ValueError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"importing {spec} failed: {type(exc).__name__}: {exc}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return None
+
+
 def _run(args: argparse.Namespace, app: str, *, demo: bool) -> int:
+    error = _check_app(app)
+    if error is not None:
+        print(f"siomesh: {error}", file=sys.stderr)
+        return 1
     try:
         plan = plan_workers(
             app,

@@ -16,6 +16,7 @@ lifespan disabled it starts on the first request. No per-request state is kept o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -376,7 +377,15 @@ class SioMesh:
                 )
                 return True
             long_poll = scope.get("method") == "GET"
-            await self.forwarder.forward_http(scope, body, send, target, long_poll=long_poll)
+            if not long_poll:
+                await self.forwarder.forward_http(scope, body, send, target, long_poll=False)
+            elif not await _unless_disconnected(
+                self.forwarder.forward_http(scope, body, send, target, long_poll=True), receive
+            ):
+                # The client left while its long-poll was held: let go of the upstream request
+                # (and its pooled connection) now instead of when the owner answers.
+                self.stats["abandoned_polls"] = self.stats.get("abandoned_polls", 0) + 1
+                return True
             self.stats["forwarded"] += 1
             return True
         except OwnerUnreachable as exc:
@@ -491,6 +500,28 @@ class SioMesh:
         return [
             {"url": url, "state": "alive"} for url in sorted(getattr(self.cluster, "peer_urls", ()))
         ]
+
+
+async def _unless_disconnected(work: Awaitable[None], receive: Receive) -> bool:
+    """Run ``work`` until done (True) or until the client disconnects first (False).
+
+    Exceptions of ``work`` propagate. The body has already been read, so the next ASGI message
+    can only be ``http.disconnect``.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(receive())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+    if task.done() and not task.cancelled():
+        task.result()  # re-raise OwnerUnreachable and friends
+        return True
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

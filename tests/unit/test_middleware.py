@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -50,7 +51,11 @@ async def call(
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if messages:
+            return messages.pop(0)
+        # like uvicorn: nothing more until the client goes away, which it does not here
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}  # pragma: no cover
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -289,5 +294,53 @@ async def test_metrics_endpoint() -> None:
     assert headers[b"content-type"].startswith(b"text/plain")
     text = body.decode()
     assert "siomesh_rejected_requests_total 1.0" in text
-    assert 'siomesh_members{state="alive"} 2.0' in text
+    assert 'siomesh_members{state="alive"} 1.0' in text  # itself; seeds not yet answered
     await mesh.shutdown()
+
+
+async def test_forwarded_long_poll_is_dropped_when_client_leaves() -> None:
+    """A client that disconnects while its forwarded long-poll is held frees the upstream
+    request at once (the owner here never answers: a listening socket that accepts nothing)."""
+    import socket
+
+    from siomesh.sid import make_sid
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    owner = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    sio = socketio.AsyncServer(async_mode="asgi")
+    mesh = SioMesh(
+        socketio.ASGIApp(sio), node_url=NODE, peers=[owner], secret=SECRET, env={}, gossip=False
+    )
+    sid = make_sid(mesh.keys, owner, 1, b"\x02" * 12)
+    gone = asyncio.Event()
+    inbox = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if inbox:
+            return inbox.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/socket.io/",
+        "headers": [],
+        "query_string": f"EIO=4&transport=polling&sid={sid}".encode(),
+        "client": ("127.0.0.1", 5000),
+    }
+    task = asyncio.ensure_future(mesh(scope, receive, send))
+    await asyncio.sleep(0.3)
+    assert not task.done()  # held, as the owner holds it
+    gone.set()
+    await asyncio.wait_for(task, 2)
+    assert sent == [] and mesh.stats["abandoned_polls"] == 1
+    await mesh.shutdown()
+    listener.close()
