@@ -69,9 +69,7 @@ _RESPONSE_SKIP = frozenset(_HOP_BY_HOP - {b"content-length"}) | {b"date", b"serv
 _RETRYABLE = (aiohttp.ServerDisconnectedError,)
 
 
-_WS_END = frozenset(
-    {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR}
-)
+_WS_END = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR})
 
 
 class OwnerUnreachable(Exception):
@@ -173,6 +171,10 @@ class Forwarder:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # every call passes its own bound; this default bounds anything that does not
+                timeout=aiohttp.ClientTimeout(
+                    total=self._request_timeout, sock_connect=self._connect_timeout
+                ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -263,20 +265,28 @@ class Forwarder:
         )
         headers.extend(self._signed("GET", scope).items())
         try:
-            upstream = await self.session.ws_connect(
-                self._target(target, scope, websocket=True),
-                headers=headers,
-                protocols=tuple(scope.get("subprotocols") or ()),
-                timeout=aiohttp.ClientWSTimeout(ws_close=self._connect_timeout * 5),
-                autoclose=False,
-                autoping=True,
-                max_msg_size=self._max_ws_message,
-                compress=0,
+            # the handshake is bounded as a whole: connect plus the owner's answer
+            upstream = await asyncio.wait_for(
+                self._ws_connect(scope, headers, target), timeout=self._request_timeout
             )
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise OwnerUnreachable(f"{target}: {exc!r}") from exc
         await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
         await _pump(receive, send, upstream)
+
+    async def _ws_connect(
+        self, scope: Scope, headers: list[tuple[str, str]], target: str
+    ) -> aiohttp.ClientWebSocketResponse:
+        return await self.session.ws_connect(
+            self._target(target, scope, websocket=True),
+            headers=headers,
+            protocols=tuple(scope.get("subprotocols") or ()),
+            timeout=aiohttp.ClientWSTimeout(ws_close=self._connect_timeout * 5),
+            autoclose=False,
+            autoping=True,
+            max_msg_size=self._max_ws_message,
+            compress=0,
+        )
 
 
 async def _pump(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse) -> None:
