@@ -172,6 +172,12 @@ def _format_status(data: dict[str, Any]) -> str:
     for member in members:
         extra = "  ".join(f"{k}={v}" for k, v in member.items() if k not in ("url", "state"))
         lines.append(f"  {member.get('url'):<32} {member.get('state'):<8} {extra}".rstrip())
+    directory = data.get("directory", {})
+    if directory:
+        lines.append(
+            "directory "
+            + "  ".join(f"{origin}={count}" for origin, count in sorted(directory.items()))
+        )
     stats = data.get("stats", {})
     if stats:
         lines.append("stats    " + "  ".join(f"{k}={v}" for k, v in stats.items()))

@@ -490,6 +490,7 @@ class SioMesh:
             "sessions": len(self._local_sids),
             "stats": dict(self.stats),
             "members": self._members_status(),
+            "directory": self._directory_sizes(),
         }
 
     def _members_status(self) -> list[dict[str, Any]]:

@@ -156,6 +156,9 @@ def test_join_crash_restart(cluster: Cluster) -> None:
         "directory knows the sid everywhere",
     )
 
+    # Introspection: the directory's size per origin, as JSON.
+    assert cluster.status(0)["directory"][cluster.url(victim)] >= 1
+
     cluster.procs[victim].kill()
     detected = wait_for(
         lambda: all(
