@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
 
 from .auth import PeerSigner, without_mesh_headers
+from .http1 import Http1Error, Http1Pool
 
 __all__ = ["BodyTooLarge", "Forwarder", "OwnerUnreachable", "read_body"]
 
@@ -66,7 +69,17 @@ _WS_HANDSHAKE = frozenset(
     }
 )
 _RESPONSE_SKIP = frozenset(_HOP_BY_HOP - {b"content-length"}) | {b"date", b"server"}
+_RESPONSE_SKIP_WITH_LENGTH = _RESPONSE_SKIP | {b"content-length"}
 _RETRYABLE = (aiohttp.ServerDisconnectedError,)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_http_address(url: str) -> tuple[str, int] | None:
+    """(host, port) of an ``http://`` peer URL; ``None`` for https (aiohttp does TLS)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return None
+    return parts.hostname, parts.port or 80
 
 
 _WS_END = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR})
@@ -157,6 +170,8 @@ class Forwarder:
         self._pool_size = pool_size
         self._max_ws_message = max_ws_message
         self._session: aiohttp.ClientSession | None = None
+        #: the lean keep-alive client used for plain-HTTP polling forwards
+        self.http1 = Http1Pool(connect_timeout=connect_timeout, max_idle=pool_size)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -182,6 +197,7 @@ class Forwarder:
         return self._session
 
     async def close(self) -> None:
+        self.http1.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -218,6 +234,10 @@ class Forwarder:
             scope["headers"], str(client[0]) if client else "", websocket=False
         )
         headers.extend(self._signed(method, scope).items())
+        address = _plain_http_address(target)
+        if address is not None:
+            await self._forward_http1(scope, method, headers, body, send, address, long_poll)
+            return
         timeout = aiohttp.ClientTimeout(
             total=self._poll_timeout if long_poll else self._request_timeout,
             sock_connect=self._connect_timeout,
@@ -250,6 +270,50 @@ class Forwarder:
                 raise OwnerUnreachable(f"{target}: {exc!r}") from exc
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": payload})
+
+    async def _forward_http1(
+        self,
+        scope: Scope,
+        method: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        send: Send,
+        address: tuple[str, int],
+        long_poll: bool,
+    ) -> None:
+        """The hot path: plain-HTTP peers go through the lean keep-alive client."""
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string", b"")
+        lines = [method.encode(), b" ", raw_path]
+        if query:
+            lines += [b"?", query]
+        lines.append(b" HTTP/1.1\r\n")
+        has_host = False
+        for name, value in headers:
+            if name == "host":
+                has_host = True
+            lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
+        if not has_host:
+            lines.append(f"host: {address[0]}:{address[1]}\r\n".encode())
+        if body or method == "POST":
+            lines.append(b"content-length: %d\r\n" % len(body))
+        lines.append(b"\r\n")
+        try:
+            response = await self.http1.request(
+                address[0],
+                address[1],
+                b"".join(lines),
+                body,
+                timeout=self._poll_timeout if long_poll else self._request_timeout,
+            )
+        except Http1Error as exc:
+            raise OwnerUnreachable(f"{address}: {exc}") from exc
+        out_headers = [(k, v) for k, v in response.headers if k not in _RESPONSE_SKIP_WITH_LENGTH]
+        out_headers.append((b"content-length", str(len(response.body)).encode()))
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": out_headers}
+        )
+        await send({"type": "http.response.body", "body": response.body})
 
     async def forward_websocket(
         self, scope: Scope, receive: Receive, send: Send, target: str
