@@ -8,7 +8,9 @@ frozen: a running node never changes its configuration.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +19,17 @@ __all__ = ["ENV_PREFIX", "ConfigError", "MeshConfig", "normalize_url"]
 
 ENV_PREFIX = "SIOMESH_"
 _MIN_SECRET_BYTES = 16
+_SECRET_FIX = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+# Placeholders seen in templates and docs, matched in the secret lowercased with everything but
+# letters and digits dropped. Long enough that a random secret never contains one by chance
+# (six x's in a row: under 1 in 10^7 for a 43-character token).
+_PLACEHOLDERS = ("changeme", "changeit", "replaceme", "placeholder", "yoursecret", "xxxxxx")
+# A secret made only of these words is a name for a secret, not a secret ("secret-secret",
+# "my-cluster-secret", "siomesh-shared-secret").
+_SECRET_WORDS = re.compile(
+    r"(?:secret|my|your|our|the|cluster|siomesh|mesh|shared|super|key|password|default|test)+"
+)
+_MIN_DISTINCT_CHARS = 4
 
 
 class ConfigError(ValueError):
@@ -50,9 +63,51 @@ def normalize_url(url: str, *, option: str = "url") -> str:
     except ValueError as exc:
         raise ConfigError(f"{option}: {url!r} has an invalid port") from exc
     host = parts.hostname
+    if option == "node_url" and _is_wildcard(host):
+        raise ConfigError(
+            f"node_url: {url!r} is a wildcard address (what a server binds to, which nobody can "
+            "connect to): set node_url to the address peers reach this node at, e.g. "
+            "http://10.0.0.1:8000"
+        )
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return f"{'dns+' if dns else ''}{parts.scheme}://{host}:{port}"
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def _secret_text(value: Any) -> str:
+    """The secret as text: ``bytes`` are accepted when they are UTF-8."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                "secret: bytes that are not UTF-8 text cannot be shared through SIOMESH_SECRET; "
+                "pass text, e.g. base64.urlsafe_b64encode(key).decode(), or a new secret from "
+                f"{_SECRET_FIX}"
+            ) from None
+    raise ConfigError(f"secret must be a str (or UTF-8 bytes), not {type(value).__name__}")
+
+
+def _placeholder(secret: str) -> str | None:
+    """Why ``secret`` is a placeholder rather than a secret, or None."""
+    core = re.sub(r"[^a-z0-9]", "", secret.lower())
+    for word in _PLACEHOLDERS:
+        if word in core:
+            return f"it contains {word!r}"
+    if _SECRET_WORDS.fullmatch(core):
+        return "it is only words such as 'secret'"
+    if len(set(secret)) < _MIN_DISTINCT_CHARS:
+        return f"it has fewer than {_MIN_DISTINCT_CHARS} distinct characters"
+    return None
 
 
 def _split_list(value: str) -> tuple[str, ...]:
@@ -88,10 +143,9 @@ class MeshConfig:
     request_timeout: float = 15.0
     #: Largest forwarded request body; ``None``: the server's ``max_http_buffer_size``.
     max_body_bytes: int | None = None
-    #: Accepted clock skew for signed peer requests (replays outside it are rejected).
+    #: Accepted clock skew for a peer link's handshake offer (a replayed offer is refused by
+    #: its nonce within this window and by its timestamp after it).
     signature_window: float = 30.0
-    #: Keep-alive connections kept per peer.
-    pool_size: int = 100
     #: Add ``x-siomesh-served-by`` (the node that served) and ``x-siomesh-via`` (the node that
     #: forwarded) to Engine.IO responses. For demos and debugging; off by default (it reveals
     #: private node addresses to clients).
@@ -101,6 +155,15 @@ class MeshConfig:
     #: the room (fewer peer messages; a join is seen by other nodes ~50-150 ms later, and an
     #: emit inside that window misses the new member).
     room_routing: str = "all"
+    #: Bound on a peer link's handshake (after the TCP connect), seconds.
+    handshake_timeout: float = 5.0
+    #: WebSocket ping interval on the links this node dials; a peer that does not answer
+    #: within half of it (a frozen or cut-off node) has its link closed, which fails only the
+    #: exchanges in flight with that peer.
+    link_heartbeat: float = 5.0
+    #: Bound on the bytes queued for sending on one link; beyond it a forward is refused
+    #: (answered as an unreachable owner) and adapter messages wait in their own bounded queue.
+    link_buffer_bytes: int = 64 << 20
 
     @classmethod
     def build(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> MeshConfig:
@@ -128,6 +191,7 @@ class MeshConfig:
                     f"{required} is required: pass {required}=... to SioMesh or set "
                     f"{ENV_PREFIX}{required.upper()}"
                 )
+        values["secret"] = _secret_text(values["secret"])
         if isinstance(values.get("peers"), str):
             values["peers"] = _split_list(values["peers"])
         values["peers"] = tuple(values.get("peers", ()))
@@ -140,8 +204,13 @@ class MeshConfig:
     def _validate(self) -> None:
         if len(self.secret.encode()) < _MIN_SECRET_BYTES:
             raise ConfigError(
-                f"secret must be at least {_MIN_SECRET_BYTES} bytes "
-                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                f"secret must be at least {_MIN_SECRET_BYTES} bytes (e.g. {_SECRET_FIX})"
+            )
+        reason = _placeholder(self.secret)
+        if reason is not None:
+            raise ConfigError(
+                f"secret looks like a placeholder ({reason}): set SIOMESH_SECRET (or secret=) to "
+                f"a random value, the same on every node, e.g. from {_SECRET_FIX}"
             )
         for name in ("mesh_path", "health_path"):
             value = getattr(self, name)
@@ -152,6 +221,8 @@ class MeshConfig:
             "poll_grace",
             "request_timeout",
             "signature_window",
+            "handshake_timeout",
+            "link_heartbeat",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
@@ -159,8 +230,8 @@ class MeshConfig:
             raise ConfigError("max_body_bytes must be > 0")
         if self.room_routing not in ("all", "directory"):
             raise ConfigError("room_routing must be 'all' or 'directory'")
-        if self.pool_size <= 0:
-            raise ConfigError("pool_size must be > 0")
+        if self.link_buffer_bytes < 1 << 20:
+            raise ConfigError("link_buffer_bytes must be at least 1 MiB (1048576)")
 
 
 def _parse_env(name: str, type_name: Any, raw: str) -> Any:

@@ -1,41 +1,64 @@
-"""Forwarding of Engine.IO requests to the member that owns the session.
+"""Forwarding of Engine.IO requests to the member that owns the session, over peer links.
 
-Polling requests are replayed over a keep-alive aiohttp pool (one pool per peer, bounded by
-``pool_size``): the body is buffered with a size limit and sent with ``Content-Length`` (the owner
-drops a chunked POST silently), hop-by-hop headers are stripped (the owner would read ``Upgrade``
-as a WebSocket attempt), ``Host``, ``Origin``, ``Cookie`` and the rest are kept, the client's
-address is appended to ``X-Forwarded-For`` and signed, and the response bytes come back untouched
-(``auto_decompress=False``: a gzip body keeps its ``Content-Encoding``).
+Both ends live here:
 
-A polling-to-WebSocket upgrade is proxied as a real WebSocket: the owner is dialled first, and
-only if it accepts is the client accepted, with the same subprotocol; then frames are pumped in
-both directions as they are (text stays text, binary stays binary) and close codes are passed on.
+* :class:`Forwarder` (the node the balancer picked): sends a client's polling request as one
+  ``REQUEST`` frame on the data link to the owner and relays the ``RESPONSE``; relays a
+  WebSocket as a stream of ``WS_*`` frames with per-stream credit.
+* :class:`ForwardedServer` (the owner): rebuilds the client's ASGI scope from the frame and runs
+  it through the wrapped app *in-process*: no second HTTP parse, no socket per request.
 
-Every wait is bounded: connect by ``connect_timeout``, a long-poll by the server's
-``ping_interval + ping_timeout + poll_grace`` (the owner always answers first), anything else by
-``request_timeout``. When the owner cannot be reached, :class:`OwnerUnreachable` is raised before
-anything was sent to the client, so the caller can answer the client's 400 at once.
+Delivery is **at most once**. A request is queued on the link exactly once and never resent. If
+the link cannot be had (owner unreachable: nothing was sent), :class:`OwnerUnreachable` lets the
+caller answer the client's 400 at once. If the link breaks, or the owner does not answer within
+the bound, after the request was queued, :class:`OwnerLost` is raised: the owner may have
+consumed it, so the caller answers an error the Engine.IO clients treat as a lost session (they
+reconnect); a duplicate packet can never reach the app. When the link that carried a forwarded
+request closes, the owner cancels that request at once, so an orphaned long-poll cannot take
+packets that nobody will read.
 
-Concurrency: one :class:`Forwarder` per node, used from its event loop only.
+What is kept and changed on the way (python-engineio's quirks, see design.md): ``Host``,
+``Origin``, cookies and every end-to-end header are kept; hop-by-hop headers are dropped (the
+owner would read ``Upgrade`` as a WebSocket attempt); the client's address travels in the frame
+and is appended to ``X-Forwarded-For``; response bytes come back untouched (a gzip body keeps
+its ``Content-Encoding``). Every wait is bounded: a long-poll by the server's
+``ping_interval + ping_timeout + poll_grace``, anything else by ``request_timeout``.
+
+One :class:`Forwarder` and one :class:`ForwardedServer` per node, used from its event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import aiohttp
+from .links.frames import (
+    FrameError,
+    FrameType,
+    RequestMeta,
+    ResponseMeta,
+    decode_close,
+    decode_data,
+    decode_meta_body,
+    encode_close,
+    encode_data,
+    encode_meta_body,
+)
+from .links.link import Link, LinkClosed, Stream
+from .links.pool import LinkPool, LinkUnavailable
 
-from .auth import PeerSigner, without_mesh_headers
-from .http1 import Http1Error, Http1Pool
-
-__all__ = ["BodyTooLarge", "Forwarder", "OwnerUnreachable", "read_body"]
+__all__ = [
+    "FORWARDED_BY",
+    "BodyTooLarge",
+    "ForwardedServer",
+    "Forwarder",
+    "OwnerLost",
+    "OwnerUnreachable",
+    "read_body",
+]
 
 log = logging.getLogger("siomesh.forward")
 
@@ -43,8 +66,12 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# RFC 9110 section 7.6.1, plus the headers aiohttp must compute itself.
+#: Scope key set on a request the owner received over a link: the forwarding member's URL.
+FORWARDED_BY = "siomesh.forwarded_by"
+
+# RFC 9110 section 7.6.1, plus framing headers the receiving server computes itself.
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -68,25 +95,25 @@ _WS_HANDSHAKE = frozenset(
         b"sec-websocket-protocol",
     }
 )
-_RESPONSE_SKIP = frozenset(_HOP_BY_HOP - {b"content-length"}) | {b"date", b"server"}
-_RESPONSE_SKIP_WITH_LENGTH = _RESPONSE_SKIP | {b"content-length"}
-_RETRYABLE = (aiohttp.ServerDisconnectedError,)
-
-
-@functools.lru_cache(maxsize=256)
-def _plain_http_address(url: str) -> tuple[str, int] | None:
-    """(host, port) of an ``http://`` peer URL; ``None`` for https (aiohttp does TLS)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        return None
-    return parts.hostname, parts.port or 80
-
-
-_WS_END = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR})
+_MESH_PREFIX = b"x-siomesh-"
+_RESPONSE_SKIP = frozenset(_HOP_BY_HOP | {b"date", b"server"})
 
 
 class OwnerUnreachable(Exception):
-    """The owner could not be reached or failed before any response reached the client."""
+    """No link to the owner: the request was not sent, the client was not answered."""
+
+
+class OwnerLost(Exception):
+    """The request was sent but no answer came (link broke, or no answer in time); the owner
+    may have acted on it, so it must not be resent. The client was not answered yet."""
+
+
+class OwnerRefused(Exception):
+    """The owner closed a relayed WebSocket before accepting it (unknown sid): ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"owner refused the WebSocket (code {code})")
+        self.code = code
 
 
 class BodyTooLarge(Exception):
@@ -94,7 +121,9 @@ class BodyTooLarge(Exception):
 
 
 async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
-    """Read a whole ASGI request body, refusing more than ``limit`` bytes."""
+    """Read a whole ASGI request body, refusing more than ``limit`` bytes (before reading it
+    when the declared length already exceeds it). Raises :class:`BodyTooLarge`, or
+    :class:`OwnerUnreachable` when the client disconnects first."""
     if declared is not None and declared > limit:
         raise BodyTooLarge(declared)
     chunks: list[bytes] = []
@@ -113,280 +142,193 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
             return b"".join(chunks)
 
 
-def _client_address(scope: Scope) -> str:
-    client = scope.get("client")
-    if not client:
-        return ""
-    host, port = client[0], client[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _request_headers(
+def forwarded_headers(
     raw: Iterable[tuple[bytes, bytes]], client_host: str, *, websocket: bool
-) -> list[tuple[str, str]]:
-    """Client headers as they go to the owner: hop-by-hop (and, for a WebSocket, handshake)
+) -> list[tuple[bytes, bytes]]:
+    """Client headers as the owner sees them: hop-by-hop (and, for a WebSocket, handshake)
     headers dropped, ``x-siomesh-*`` dropped, the client appended to ``X-Forwarded-For``."""
     skip = _HOP_BY_HOP | _WS_HANDSHAKE if websocket else _HOP_BY_HOP
     connection_tokens: set[bytes] = set()
-    out: list[tuple[str, str]] = []
-    xff: str | None = None
-    for name, value in without_mesh_headers(raw):
+    out: list[tuple[bytes, bytes]] = []
+    xff: bytes | None = None
+    for name, value in raw:
         if name == b"connection":
             connection_tokens.update(t.strip().lower() for t in value.split(b","))
-        if name in skip:
+        if name in skip or name.startswith(_MESH_PREFIX):
             continue
         if name == b"x-forwarded-for":
-            xff = value.decode("latin-1") if xff is None else f"{xff}, {value.decode('latin-1')}"
+            xff = value if xff is None else xff + b", " + value
             continue
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
+        out.append((name, value))
     if connection_tokens:
-        out = [(k, v) for k, v in out if k.encode("latin-1") not in connection_tokens]
+        out = [(k, v) for k, v in out if k not in connection_tokens]
     if client_host:
-        xff = client_host if xff is None else f"{xff}, {client_host}"
+        host = client_host.encode("latin-1")
+        xff = host if xff is None else xff + b", " + host
     if xff is not None:
-        out.append(("X-Forwarded-For", xff))
+        out.append((b"x-forwarded-for", xff))
     return out
 
 
+def _client_host(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
 class Forwarder:
-    """Forwards Engine.IO requests to peers. :meth:`start` and :meth:`close` bracket its use."""
+    """The forwarding end (see the module docstring)."""
 
     def __init__(
         self,
+        pool: LinkPool,
         *,
-        node_url: str,
-        signer: PeerSigner,
-        connect_timeout: float,
         poll_timeout: float,
         request_timeout: float,
-        pool_size: int,
-        max_ws_message: int,
+        stats: dict[str, int],
     ) -> None:
-        self._node_url = node_url
-        self._signer = signer
-        self._connect_timeout = connect_timeout
+        self._pool = pool
         self._poll_timeout = poll_timeout
         self._request_timeout = request_timeout
-        self._pool_size = pool_size
-        self._max_ws_message = max_ws_message
-        self._session: aiohttp.ClientSession | None = None
-        #: the lean keep-alive client used for plain-HTTP polling forwards
-        self.http1 = Http1Pool(connect_timeout=connect_timeout, max_idle=pool_size)
+        self.stats = stats
+        for key in ("forward_lost", "forward_cancelled", "relayed_websockets"):
+            stats.setdefault(key, 0)
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The shared keep-alive client session (also used for peer messages)."""
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0,
-                limit_per_host=self._pool_size,
-                # below uvicorn's 5 s keep-alive so we never reuse a socket the peer is closing
-                keepalive_timeout=4.0,
-                enable_cleanup_closed=False,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                # every call passes its own bound; this default bounds anything that does not
-                timeout=aiohttp.ClientTimeout(
-                    total=self._request_timeout, sock_connect=self._connect_timeout
-                ),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
-
-    async def close(self) -> None:
-        self.http1.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _signed(self, method: str, scope: Scope) -> dict[str, str]:
-        return self._signer.sign(
-            method=method,
-            path=scope["path"],
-            query=scope.get("query_string", b"").decode("latin-1"),
-            node_url=self._node_url,
-            now=time.time(),
-            client=_client_address(scope),
-        )
-
-    @staticmethod
-    def _target(base: str, scope: Scope, websocket: bool) -> str:
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = base + scope["path"]
-        if websocket:
-            url = "ws" + url[4:] if url.startswith("http") else url
-        return f"{url}?{query}" if query else url
+    async def _link(self, target: str) -> Link:
+        try:
+            return await self._pool.get(target, "data")
+        except LinkUnavailable as exc:
+            raise OwnerUnreachable(str(exc)) from exc
 
     async def forward_http(
-        self, scope: Scope, body: bytes, send: Send, target: str, *, long_poll: bool
-    ) -> None:
-        """Replay one polling request on ``target`` and relay its response.
+        self, scope: Scope, body: bytes, receive: Receive, send: Send, target: str
+    ) -> bool:
+        """Send one polling request to ``target`` and relay its answer to the client.
 
-        Raises :class:`OwnerUnreachable` when no response could be obtained; nothing has been
-        sent to the client then.
+        Returns False when the client left before the answer (the owner was told to stop).
+        Raises :class:`OwnerUnreachable` (not sent) or :class:`OwnerLost` (sent, no answer).
         """
-        method = scope["method"]
-        client = scope.get("client")
-        headers = _request_headers(
-            scope["headers"], str(client[0]) if client else "", websocket=False
+        link = await self._link(target)
+        meta = RequestMeta.from_scope(
+            scope, forwarded_headers(scope["headers"], _client_host(scope), websocket=False)
         )
-        headers.extend(self._signed(method, scope).items())
-        address = _plain_http_address(target)
-        if address is not None:
-            await self._forward_http1(scope, method, headers, body, send, address, long_poll)
-            return
-        timeout = aiohttp.ClientTimeout(
-            total=self._poll_timeout if long_poll else self._request_timeout,
-            sock_connect=self._connect_timeout,
-        )
-        url = self._target(target, scope, websocket=False)
-        for attempt in (1, 2):
-            try:
-                async with self.session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=body if body or method == "POST" else None,
-                    timeout=timeout,
-                    allow_redirects=False,
-                ) as response:
-                    payload = await response.read()
-                    status = response.status
-                    out_headers = [
-                        (k.lower(), v)
-                        for k, v in response.raw_headers
-                        if k.lower() not in _RESPONSE_SKIP
-                    ]
-                break
-            except _RETRYABLE as exc:
-                # A keep-alive socket the peer closed as we reused it: the request was not
-                # processed, so one retry on a fresh connection is safe.
-                if attempt == 2:
-                    raise OwnerUnreachable(f"{target}: {exc!r}") from exc
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                raise OwnerUnreachable(f"{target}: {exc!r}") from exc
-        await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        await send({"type": "http.response.body", "body": payload})
-
-    async def _forward_http1(
-        self,
-        scope: Scope,
-        method: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        send: Send,
-        address: tuple[str, int],
-        long_poll: bool,
-    ) -> None:
-        """The hot path: plain-HTTP peers go through the lean keep-alive client."""
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        query = scope.get("query_string", b"")
-        lines = [method.encode(), b" ", raw_path]
-        if query:
-            lines += [b"?", query]
-        lines.append(b" HTTP/1.1\r\n")
-        has_host = False
-        for name, value in headers:
-            if name == "host":
-                has_host = True
-            lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
-        if not has_host:
-            lines.append(f"host: {address[0]}:{address[1]}\r\n".encode())
-        if body or method == "POST":
-            lines.append(b"content-length: %d\r\n" % len(body))
-        lines.append(b"\r\n")
+        stream = link.open_stream()
         try:
-            response = await self.http1.request(
-                address[0],
-                address[1],
-                b"".join(lines),
-                body,
-                timeout=self._poll_timeout if long_poll else self._request_timeout,
+            if not stream.send(FrameType.REQUEST, encode_meta_body(meta.to_wire(), body)):
+                raise OwnerUnreachable(f"{target}: link closed or full, request not sent")
+            long_poll = scope.get("method") == "GET"
+            timeout = self._poll_timeout if long_poll else self._request_timeout
+            answer: asyncio.Future[tuple[FrameType, bytes]] = asyncio.ensure_future(
+                stream.next(timeout)
             )
-        except Http1Error as exc:
-            raise OwnerUnreachable(f"{address}: {exc}") from exc
-        out_headers = [(k, v) for k, v in response.headers if k not in _RESPONSE_SKIP_WITH_LENGTH]
-        out_headers.append((b"content-length", str(len(response.body)).encode()))
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": out_headers}
-        )
-        await send({"type": "http.response.body", "body": response.body})
+            # The body is read: the only message receive() can still give is a disconnect.
+            left = asyncio.ensure_future(receive())
+            try:
+                await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (answer, left):
+                    if not task.done():
+                        task.cancel()
+            if not answer.done() or answer.cancelled():
+                stream.send(FrameType.CANCEL, b"")
+                self.stats["forward_cancelled"] += 1
+                return False
+            try:
+                kind, payload = answer.result()
+            except (LinkClosed, asyncio.TimeoutError) as exc:
+                if isinstance(exc, asyncio.TimeoutError):
+                    stream.send(FrameType.CANCEL, b"")
+                self.stats["forward_lost"] += 1
+                raise OwnerLost(f"{target}: {exc!r}") from exc
+            if kind is not FrameType.RESPONSE:
+                raise OwnerLost(f"{target}: unexpected {kind.name} frame")
+            try:
+                raw_meta, response_body = decode_meta_body(payload)
+                response = ResponseMeta.from_wire(raw_meta)
+            except FrameError as exc:
+                raise OwnerLost(f"{target}: bad response: {exc}") from exc
+        finally:
+            stream.close()
+        headers = [(k, v) for k, v in response.headers if k not in _RESPONSE_SKIP]
+        headers.append((b"content-length", b"%d" % len(response_body)))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response_body})
+        return True
 
     async def forward_websocket(
         self, scope: Scope, receive: Receive, send: Send, target: str
     ) -> None:
-        """Proxy a WebSocket (the ``websocket.connect`` message is already consumed).
+        """Relay a WebSocket to ``target`` (its ``websocket.connect`` already consumed).
 
-        Raises :class:`OwnerUnreachable` when the owner refuses or cannot be reached; the
-        client has not been accepted then.
+        Raises :class:`OwnerUnreachable` or :class:`OwnerRefused` before the client is
+        accepted; once accepted, returns when either side closes.
         """
-        client = scope.get("client")
-        headers = _request_headers(
-            scope["headers"], str(client[0]) if client else "", websocket=True
+        link = await self._link(target)
+        meta = RequestMeta.from_scope(
+            scope, forwarded_headers(scope["headers"], _client_host(scope), websocket=True)
         )
-        headers.extend(self._signed("GET", scope).items())
+        stream = link.open_stream()
         try:
-            # the handshake is bounded as a whole: connect plus the owner's answer
-            upstream = await asyncio.wait_for(
-                self._ws_connect(scope, headers, target), timeout=self._request_timeout
-            )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise OwnerUnreachable(f"{target}: {exc!r}") from exc
-        await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
-        await _pump(receive, send, upstream)
-
-    async def _ws_connect(
-        self, scope: Scope, headers: list[tuple[str, str]], target: str
-    ) -> aiohttp.ClientWebSocketResponse:
-        return await self.session.ws_connect(
-            self._target(target, scope, websocket=True),
-            headers=headers,
-            protocols=tuple(scope.get("subprotocols") or ()),
-            timeout=aiohttp.ClientWSTimeout(ws_close=self._connect_timeout * 5),
-            autoclose=False,
-            autoping=True,
-            max_msg_size=self._max_ws_message,
-            compress=0,
-        )
+            if not stream.send(FrameType.WS_OPEN, encode_meta_body(meta.to_wire())):
+                raise OwnerUnreachable(f"{target}: link closed or full")
+            try:
+                kind, payload = await stream.next(self._request_timeout)
+            except (LinkClosed, asyncio.TimeoutError) as exc:
+                raise OwnerUnreachable(f"{target}: no answer to the WebSocket: {exc!r}") from exc
+            if kind is FrameType.WS_CLOSE:
+                raise OwnerRefused(decode_close(payload)[0])
+            if kind is not FrameType.WS_ACCEPT:
+                raise OwnerUnreachable(f"{target}: unexpected {kind.name} frame")
+            accept_meta, _ = decode_meta_body(payload)
+            subprotocol = accept_meta.get("sp") if isinstance(accept_meta, dict) else None
+            await send({"type": "websocket.accept", "subprotocol": subprotocol})
+            self.stats["relayed_websockets"] += 1
+            try:
+                await _relay(stream, receive, send, self._poll_timeout)
+            finally:
+                self.stats["relayed_websockets"] -= 1
+        finally:
+            stream.close()
 
 
-async def _pump(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    """Relay frames both ways until either side closes; the other side is then closed too."""
+async def _relay(stream: Stream, receive: Receive, send: Send, idle: float) -> None:
+    """Pump a relayed WebSocket both ways until either side closes."""
 
     async def client_to_owner() -> None:
         while True:
             message = await receive()
             kind = message["type"]
             if kind == "websocket.receive":
-                if message.get("text") is not None:
-                    await upstream.send_str(message["text"])
-                elif message.get("bytes") is not None:
-                    await upstream.send_bytes(message["bytes"])
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                await stream.send_data(FrameType.WS_DATA, encode_data(data), idle)
             elif kind == "websocket.disconnect":
-                code = message.get("code", 1000)
-                await upstream.close(code=code if 1000 <= code < 5000 else 1000)
+                stream.send(FrameType.WS_CLOSE, encode_close(int(message.get("code", 1000))))
                 return
 
     async def owner_to_client() -> None:
-        async for frame in upstream:
-            if frame.type == aiohttp.WSMsgType.TEXT:
-                await send({"type": "websocket.send", "text": frame.data})
-            elif frame.type == aiohttp.WSMsgType.BINARY:
-                await send({"type": "websocket.send", "bytes": frame.data})
-            elif frame.type in _WS_END:
-                break
-        code = upstream.close_code or 1000
-        if not upstream.closed:
-            await upstream.close()
+        code = 1011
+        try:
+            while True:
+                kind, payload = await stream.next()
+                if kind is FrameType.WS_DATA:
+                    data = decode_data(payload)
+                    if isinstance(data, str):
+                        await send({"type": "websocket.send", "text": data})
+                    else:
+                        await send({"type": "websocket.send", "bytes": data})
+                    stream.consumed_bytes(len(payload))
+                elif kind is FrameType.WS_CLOSE:
+                    code = decode_close(payload)[0]
+                    break
+        except LinkClosed:
+            code = 1012  # service restart: the owner's link went away
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": code})
 
     tasks = [asyncio.ensure_future(client_to_owner()), asyncio.ensure_future(owner_to_client())]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             if not task.done():
@@ -394,10 +336,113 @@ async def _pump(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketR
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if not upstream.closed:
-            with contextlib.suppress(Exception):
-                await upstream.close()
-    for task in done:
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, (ConnectionError, aiohttp.ClientError)):
-            log.debug("websocket relay ended: %r", exc)
+
+
+class ForwardedServer:
+    """The owner's end: runs forwarded requests and relayed WebSockets through ``app``.
+
+    ``app`` is the wrapped ASGI app (the request is served here, never forwarded again); the
+    scope carries :data:`FORWARDED_BY` and the client address the forwarder saw. Register
+    :meth:`serve_request` and :meth:`serve_websocket` with the link pool's dispatcher.
+    """
+
+    def __init__(self, app: App, *, send_timeout: float, stats: dict[str, int]) -> None:
+        self._app = app
+        self._send_timeout = send_timeout
+        self.stats = stats
+        for key in ("forwarded_in", "relayed_in"):
+            stats.setdefault(key, 0)
+
+    async def serve_request(self, link: Link, stream: Stream, payload: bytes) -> None:
+        raw_meta, body = decode_meta_body(payload)
+        scope = RequestMeta.from_wire(raw_meta).scope("http")
+        scope[FORWARDED_BY] = link.peer
+        if body or scope["method"] == "POST":
+            # python-engineio reads exactly Content-Length bytes (none without it): the body
+            # arrived whole, so its length is known; the client's own header was dropped.
+            scope["headers"].append((b"content-length", b"%d" % len(body)))
+        self.stats["forwarded_in"] += 1
+        delivered = False
+        start: Message | None = None
+        chunks: list[bytes] = []
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await never  # cancelled with the request (CANCEL frame, link closed)
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False) and start is not None:
+                    response = ResponseMeta(
+                        status=int(start["status"]), headers=list(start.get("headers", []))
+                    )
+                    stream.send(
+                        FrameType.RESPONSE, encode_meta_body(response.to_wire(), b"".join(chunks))
+                    )
+
+        await self._app(scope, receive, send)
+
+    async def serve_websocket(self, link: Link, stream: Stream, payload: bytes) -> None:
+        raw_meta, _ = decode_meta_body(payload)
+        scope = RequestMeta.from_wire(raw_meta).scope("websocket")
+        scope[FORWARDED_BY] = link.peer
+        # python-engineio recognises an upgrade by these two headers, which are hop-by-hop
+        # and so were not forwarded: a WebSocket scope always had them.
+        scope["headers"] += [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
+        self.stats["relayed_in"] += 1
+        connected = False
+        accepted = False
+        closed = False
+
+        async def receive() -> Message:
+            nonlocal connected
+            if not connected:
+                connected = True
+                return {"type": "websocket.connect"}
+            try:
+                kind, data = await stream.next()
+            except LinkClosed:
+                return {"type": "websocket.disconnect", "code": 1006}
+            while kind is not FrameType.WS_DATA and kind is not FrameType.WS_CLOSE:
+                kind, data = await stream.next()
+            if kind is FrameType.WS_CLOSE:
+                return {"type": "websocket.disconnect", "code": decode_close(data)[0]}
+            stream.consumed_bytes(len(data))
+            value = decode_data(data)
+            if isinstance(value, str):
+                return {"type": "websocket.receive", "text": value}
+            return {"type": "websocket.receive", "bytes": value}
+
+        async def send(message: Message) -> None:
+            nonlocal accepted, closed
+            kind = message["type"]
+            if closed:
+                return
+            if kind == "websocket.accept":
+                accepted = True
+                stream.send(
+                    FrameType.WS_ACCEPT, encode_meta_body({"sp": message.get("subprotocol")})
+                )
+            elif kind == "websocket.send":
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                await stream.send_data(FrameType.WS_DATA, encode_data(data), self._send_timeout)
+            elif kind == "websocket.close":
+                closed = True
+                stream.send(FrameType.WS_CLOSE, encode_close(int(message.get("code", 1000))))
+
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            if not closed:
+                stream.send(FrameType.WS_CLOSE, encode_close(1000 if accepted else 1008))

@@ -4,11 +4,13 @@ Per request it does one of four things, cheapest check first:
 
 * not an Engine.IO path, not a mesh path: pass through untouched;
 * ``health_path``: answer 200 (serving) or 503 (starting, draining);
-* another ``mesh_path`` endpoint: verify the peer signature, dispatch to the registered handler;
+* ``{mesh_path}/link``: a peer link (WebSocket; :mod:`siomesh.links`), the only way peers talk;
+* ``{mesh_path}/status`` and ``{mesh_path}/metrics``: JSON and Prometheus views (block them at
+  the balancer); any other ``mesh_path`` request: 404, its body never read;
 * an Engine.IO request: :func:`siomesh.routing.decide`, then serve here, forward to the owner, or
   let the local server answer its own ``400 Invalid session`` (reject).
 
-Lifespan is passed through to the wrapped app; the mesh's own work (the HTTP pool, gossip, the
+Lifespan is passed through to the wrapped app; the mesh's own work (peer links, gossip, the
 adapter) starts before the app's startup completes and stops after the app's shutdown. With
 lifespan disabled it starts on the first request. No per-request state is kept on ``self``.
 """
@@ -16,7 +18,6 @@ lifespan disabled it starts on the first request. No per-request state is kept o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -27,27 +28,35 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .auth import MESH_HEADERS, PeerSigner, mesh_headers_of, without_mesh_headers
 from .cluster import ClusterView, StaticCluster
 from .config import MeshConfig
 from .discovery import EngineTarget, find_engine
-from .forward import BodyTooLarge, Forwarder, OwnerUnreachable, Receive, Scope, Send, read_body
+from .forward import (
+    BodyTooLarge,
+    ForwardedServer,
+    Forwarder,
+    OwnerLost,
+    OwnerRefused,
+    OwnerUnreachable,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+)
+from .links.frames import FrameType
+from .links.pool import LinkPool
 from .metrics import MeshCollector, render
 from .routing import Action, decide
 from .runtime.gossip import GossipRuntime, TrackedSockets
-from .runtime.peers import PeerClient
 from .sid import SidKeys, generation_tag, make_sid, node_tag
 
-__all__ = ["PeerHandler", "SioMesh"]
+__all__ = ["SioMesh"]
 
 log = logging.getLogger("siomesh")
 
-#: A peer endpoint: (body, sender URL) -> response body. Raise ValueError for bad input (400).
-PeerHandler = Callable[[bytes, str], Awaitable[bytes]]
 Hook = Callable[[], Awaitable[None]]
 
-_MESH_HEADER_BYTES = frozenset(h.encode() for h in MESH_HEADERS)
-_MAX_PEER_BODY = 8 * 1024 * 1024
+_MESH_PREFIX = b"x-siomesh-"
 
 
 def _sid_of(query_string: bytes) -> str | None:
@@ -117,33 +126,12 @@ class SioMesh:
         self.keys = SidKeys.from_secret(self.config.secret)
         self.node_tag = node_tag(self.keys, self.config.node_url)
         self.generation_tag = generation_tag(self.keys, self.generation)
-        self.signer = PeerSigner(self.config.secret, window=self.config.signature_window)
         self.cluster: ClusterView = StaticCluster(
             self.config.node_url, self.config.peers, self.keys
         )
         eio = self.engine.eio
         self._local_sids: dict[str, Any] = eio.sockets
         self.max_body = self.config.max_body_bytes or int(eio.max_http_buffer_size)
-        self.forwarder = Forwarder(
-            node_url=self.config.node_url,
-            signer=self.signer,
-            connect_timeout=self.config.connect_timeout,
-            poll_timeout=float(eio.ping_interval)
-            + float(getattr(eio, "ping_interval_grace_period", 0))
-            + float(eio.ping_timeout)
-            + self.config.poll_grace,
-            request_timeout=self.config.request_timeout,
-            pool_size=self.config.pool_size,
-            max_ws_message=self.max_body * 2,
-        )
-        self.peers = PeerClient(
-            node_url=self.config.node_url,
-            mesh_path=self.config.mesh_path,
-            signer=self.signer,
-            session=lambda: self.forwarder.session,
-            connect_timeout=self.config.connect_timeout,
-        )
-        self._endpoints: dict[str, PeerHandler] = {}
         self._startup_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
         self._start_lock: asyncio.Lock | None = None
@@ -152,14 +140,43 @@ class SioMesh:
             "forwarded": 0,
             "forward_errors": 0,
             "rejected": 0,
-            "peer_requests": 0,
-            "peer_rejected": 0,
         }
+        poll_timeout = (
+            float(eio.ping_interval)
+            + float(getattr(eio, "ping_interval_grace_period", 0))
+            + float(eio.ping_timeout)
+            + self.config.poll_grace
+        )
+        #: this node's peer links; gossip, the adapter and forwarding all talk through them
+        self.links = LinkPool(
+            node_url=self.config.node_url,
+            generation=self.generation,
+            secret=self.config.secret,
+            mesh_path=self.config.mesh_path,
+            connect_timeout=self.config.connect_timeout,
+            handshake_timeout=self.config.handshake_timeout,
+            heartbeat=self.config.link_heartbeat,
+            window=self.config.signature_window,
+            max_buffer=self.config.link_buffer_bytes,
+            max_frame=max(self.max_body * 2, 16 << 20),
+            stats=self.stats,
+        )
+        self.forwarder = Forwarder(
+            self.links,
+            poll_timeout=poll_timeout,
+            request_timeout=self.config.request_timeout,
+            stats=self.stats,
+        )
+        self.forwarded = ForwardedServer(
+            self._serve_forwarded, send_timeout=poll_timeout, stats=self.stats
+        )
+        self.links.dispatcher.serve(FrameType.REQUEST, self.forwarded.serve_request)
+        self.links.dispatcher.serve(FrameType.WS_OPEN, self.forwarded.serve_websocket)
         self._install_sid_generator()
         prefixes = self.engine.prefixes
         self._engine_prefixes = prefixes
         self._mesh_prefix = self.config.mesh_path + "/"
-        self.register_endpoint("status", self._status_endpoint)
+        self._link_path = self.config.mesh_path + "/link"
         self._collector = MeshCollector(
             stats=lambda: self.stats,
             members=self._member_counts,
@@ -181,12 +198,6 @@ class SioMesh:
         self.adapter: MeshManager | None = install_adapter(self) if adapter else None
 
     # -- public hooks for the runtime and the adapter -------------------------------------------
-
-    def register_endpoint(self, name: str, handler: PeerHandler) -> None:
-        """Serve signed peer POSTs at ``{mesh_path}/{name}``. Handlers run on the event loop."""
-        if not name or "/" in name:
-            raise ValueError(f"invalid endpoint name {name!r}")
-        self._endpoints[name] = handler
 
     def on_startup(self, hook: Hook) -> None:
         """Run ``hook`` when the mesh starts (before the wrapped app's startup completes)."""
@@ -216,7 +227,6 @@ class SioMesh:
         async with self._start_lock:
             if self.state != "starting":
                 return
-            _ = self.forwarder.session
             for hook in self._startup_hooks:
                 await hook()
             self.state = "serving"
@@ -237,7 +247,7 @@ class SioMesh:
                 await hook()
             except Exception:
                 log.exception("siomesh shutdown hook failed")
-        await self.forwarder.close()
+        await self.links.close()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup_failed = False
@@ -293,33 +303,18 @@ class SioMesh:
 
     async def _engine_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        forwarded = False
-        if any(name in _MESH_HEADER_BYTES for name, _ in headers):
-            # Only a verified peer may vouch for the client's address; anybody else's claim
-            # is removed so that neither routing nor the app ever sees it.
-            claim = self.signer.verify(
-                method=scope.get("method", "GET"),
-                path=scope["path"],
-                query=scope.get("query_string", b"").decode("latin-1"),
-                headers=mesh_headers_of(headers),
-                now=time.time(),
-            )
+        if any(name.startswith(_MESH_PREFIX) for name, _ in headers):
+            # Peers never talk over plain HTTP (only over links): an x-siomesh-* header from a
+            # client is a spoofing attempt or a stale proxy; the app must never see it.
             scope = dict(scope)
-            scope["headers"] = without_mesh_headers(headers)
-            if claim is not None and self.cluster.is_live_member(claim.node_url):
-                forwarded = True
-                client = _parse_client(claim.client)
-                if client is not None:
-                    scope["client"] = client
-            else:
-                log.warning("unverified forwarding claim from %s", scope.get("client"))
+            scope["headers"] = [(k, v) for k, v in headers if not k.startswith(_MESH_PREFIX)]
         method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
         sid = _sid_of(scope.get("query_string", b""))
         decision = decide(
             method=method,
             sid=sid,
             local_sids=self._local_sids,
-            forwarded=forwarded,
+            forwarded=False,
             view=self.cluster,
             keys=self.keys,
         )
@@ -347,64 +342,65 @@ class SioMesh:
 
         return tagged
 
+    async def _serve_forwarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request that a peer forwarded over a link: served here, never forwarded again."""
+        if self.config.served_by_header:
+            send = self._tagging_send(send, forwarded=False)
+        await self.app(scope, receive, send)
+
     async def _forward(self, scope: Scope, receive: Receive, send: Send, target: str) -> bool:
-        """Forward to ``target``; False when the owner could not be reached (client untouched)."""
-        try:
-            if scope["type"] == "websocket":
-                connect = await receive()
-                if connect["type"] != "websocket.connect":
-                    return True
-                try:
-                    await self.forwarder.forward_websocket(scope, receive, send, target)
-                except OwnerUnreachable as exc:
-                    # The client is not accepted yet: close it the way python-engineio closes
-                    # an unknown sid (uvicorn answers 403), so it reconnects.
-                    self.stats["forward_errors"] += 1
-                    log.info("websocket owner unreachable: %s", exc)
-                    await send({"type": "websocket.close", "code": 1008})
-                else:
-                    self.stats["forwarded"] += 1
+        """Forward to ``target``; False when nothing was sent and the client is untouched (the
+        caller lets the local server answer its own 400)."""
+        if scope["type"] == "websocket":
+            connect = await receive()
+            if connect["type"] != "websocket.connect":
                 return True
-            declared = _content_length(scope["headers"])
             try:
-                body = await read_body(receive, self.max_body, declared)
-            except BodyTooLarge:
-                await _respond(
-                    send,
-                    413,
-                    f"request body exceeds {self.max_body} bytes".encode(),
-                    b"text/plain",
-                )
-                return True
-            long_poll = scope.get("method") == "GET"
-            if not long_poll:
-                await self.forwarder.forward_http(scope, body, send, target, long_poll=False)
-            elif not await _unless_disconnected(
-                self.forwarder.forward_http(scope, body, send, target, long_poll=True), receive
-            ):
-                # The client left while its long-poll was held: let go of the upstream request
-                # (and its pooled connection) now instead of when the owner answers.
-                self.stats["abandoned_polls"] = self.stats.get("abandoned_polls", 0) + 1
-                return True
-            self.stats["forwarded"] += 1
+                await self.forwarder.forward_websocket(scope, receive, send, target)
+            except (OwnerUnreachable, OwnerRefused) as exc:
+                # The client is not accepted yet: close it the way python-engineio closes an
+                # unknown sid (uvicorn answers 403), so it reconnects.
+                self.stats["forward_errors"] += 1
+                log.warning("websocket not relayed to %s: %s", target, exc)
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                self.stats["forwarded"] += 1
             return True
-        except OwnerUnreachable as exc:
+        try:
+            body = await read_body(receive, self.max_body, _content_length(scope["headers"]))
+        except BodyTooLarge:
+            await _respond(
+                send, 413, f"request body exceeds {self.max_body} bytes".encode(), b"text/plain"
+            )
+            return True
+        except OwnerUnreachable:
+            return True  # the client left while sending its body
+        try:
+            if await self.forwarder.forward_http(scope, body, receive, send, target):
+                self.stats["forwarded"] += 1
+            else:
+                self.stats["abandoned_polls"] = self.stats.get("abandoned_polls", 0) + 1
+            return True
+        except (OwnerUnreachable, OwnerLost) as exc:
+            # Not sent, or sent without an answer (never resent: at most once). Either way the
+            # client gets python-engineio's own 400 from the local server (an empty body, the
+            # sid unknown here): every Engine.IO client treats it as a lost session and
+            # reconnects.
             self.stats["forward_errors"] += 1
-            log.info("owner unreachable, answering 400: %s", exc)
-            if scope["type"] == "http":
-                # The body was consumed: replay an empty one so the local server can answer.
-                scope = dict(scope)
+            log.warning("forward to %s failed, answering 400: %s", target, exc)
 
-                async def empty() -> dict[str, Any]:
-                    return {"type": "http.request", "body": b"", "more_body": False}
+            async def empty() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
 
-                await self.app(scope, empty, send)
-                return True
-            return False
+            await self.app(dict(scope), empty, send)
+            return True
 
     async def _mesh_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await send({"type": "websocket.close", "code": 1008})
+            if scope["path"] == self._link_path:
+                await self.links.accept(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008})
             return
         path: str = scope["path"]
         if path == self.config.health_path:
@@ -420,44 +416,13 @@ class SioMesh:
             return
         name = path[len(self._mesh_prefix) :]
         if name == "status" and scope.get("method") == "GET":
-            await _respond(send, 200, await self._status_endpoint(b"", ""), b"application/json")
+            await _respond(send, 200, json.dumps(self.status()).encode(), b"application/json")
             return
         if name == "metrics" and scope.get("method") == "GET":
             await _respond(send, 200, render(self._collector), CONTENT_TYPE_LATEST.encode())
             return
-        handler = self._endpoints.get(name)
-        if handler is None or scope.get("method") != "POST":
-            await _respond(send, 404, b"unknown mesh endpoint", b"text/plain")
-            return
-        try:
-            body = await read_body(receive, _MAX_PEER_BODY, _content_length(scope["headers"]))
-        except BodyTooLarge:
-            await _respond(send, 413, b"peer message too large", b"text/plain")
-            return
-        except OwnerUnreachable:
-            return
-        claim = self.signer.verify(
-            method="POST",
-            path=path,
-            query=scope.get("query_string", b"").decode("latin-1"),
-            headers=mesh_headers_of(scope["headers"]),
-            now=time.time(),
-            body=body,
-        )
-        if claim is None:
-            self.stats["peer_rejected"] += 1
-            await _respond(send, 401, b"invalid or missing peer signature", b"text/plain")
-            return
-        self.stats["peer_requests"] += 1
-        try:
-            reply = await handler(body, claim.node_url)
-        except ValueError as exc:
-            await _respond(send, 400, str(exc).encode(), b"text/plain")
-            return
-        await _respond(send, 200, reply, b"application/octet-stream")
-
-    async def _status_endpoint(self, body: bytes, sender: str) -> bytes:
-        return json.dumps(self.status()).encode()
+        # Nothing else: peers talk over links only. The body is never read.
+        await _respond(send, 404, b"unknown mesh endpoint", b"text/plain")
 
     async def _start_gossip(self) -> None:
         assert self.gossip is not None
@@ -491,6 +456,8 @@ class SioMesh:
             "stats": dict(self.stats),
             "members": self._members_status(),
             "directory": self._directory_sizes(),
+            "links": self.links.peer_links(),
+            "relayed_websockets": self.stats.get("relayed_websockets", 0),
         }
 
     def _members_status(self) -> list[dict[str, Any]]:
@@ -503,28 +470,6 @@ class SioMesh:
         ]
 
 
-async def _unless_disconnected(work: Awaitable[None], receive: Receive) -> bool:
-    """Run ``work`` until done (True) or until the client disconnects first (False).
-
-    Exceptions of ``work`` propagate. The body has already been read, so the next ASGI message
-    can only be ``http.disconnect``.
-    """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(receive())
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for pending in (task, watcher):
-            if not pending.done():
-                pending.cancel()
-    if task.done() and not task.cancelled():
-        task.result()  # re-raise OwnerUnreachable and friends
-        return True
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return False
-
-
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":
@@ -533,10 +478,3 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def _parse_client(value: str) -> tuple[str, int] | None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)

@@ -1,5 +1,5 @@
 """The broker-less python-socketio client manager: emits, rooms, acks and cluster-wide calls
-relayed peer to peer over the mesh's signed HTTP endpoints. See docs/adapter.md.
+relayed peer to peer over the mesh's links. See docs/adapter.md.
 
 Public names: :func:`install_adapter`, :class:`MeshManager`, :class:`PartialResult`,
 :class:`RemoteSocket`, :class:`LinkSettings`.
@@ -7,7 +7,7 @@ Public names: :func:`install_adapter`, :class:`MeshManager`, :class:`PartialResu
 
 from __future__ import annotations
 
-from .links import LinkSettings
+from .channel import LinkSettings
 from .manager import MeshManager, PartialResult, RemoteSocket, install_adapter
 
 __all__ = ["LinkSettings", "MeshManager", "PartialResult", "RemoteSocket", "install_adapter"]

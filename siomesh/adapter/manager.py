@@ -2,10 +2,12 @@
 
 It keeps python-socketio's own bookkeeping (rooms, sids, callbacks) for the clients of this
 node, exactly as :class:`socketio.AsyncManager` does, and sends what concerns other nodes as
-signed POSTs to their ``{mesh_path}/adapter`` endpoint (ordered, batched, deduplicated: see
-:mod:`siomesh.adapter.links` and :mod:`siomesh.adapter.wire`). Request/response calls
-(``server_side_emit`` with acks, ``fetch_sockets``, ``all_rooms``) go to
-``{mesh_path}/adapter-call``, one POST per peer, in parallel, under one timeout.
+``ADAPTER`` frames on the node's data link to each peer (:mod:`siomesh.links`): ordered,
+pipelined, acknowledged, resent after a link breaks, deduplicated by the receiver, bounded, and
+never lost in silence (see :mod:`siomesh.adapter.channel`). Request/response calls
+(``server_side_emit`` with acks, ``fetch_sockets``, ``all_rooms``) are ``CALL`` frames on the
+control link, one per peer, in parallel, under one timeout; a call is sent once and never
+retried, and frames cannot be replayed, so a handler never runs twice for one call.
 
 Routing, per message:
 
@@ -22,6 +24,7 @@ import contextlib
 import inspect
 import json
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,17 +32,18 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import socketio
 
-from ..runtime.peers import PeerError
+from ..links.frames import FrameType, decode_u64_pair, encode_u64_pair
+from ..links.link import Link, LinkClosed, Stream
+from ..links.pool import LinkUnavailable
+from ..ratelimit import RateLimitedLog
 from ..sid import parse_sid
-from .links import LinkSettings, PeerLink
-from .wire import DedupWindow, WireError, decode_batch, encode_message, pack, unpack
+from .channel import LinkSettings, PeerChannel, Targets
+from .wire import DedupWindow, WireError, encode_message, pack, unpack
 
 if TYPE_CHECKING:
     from ..middleware import SioMesh
 
 __all__ = [
-    "BUS_ENDPOINT",
-    "CALL_ENDPOINT",
     "MeshManager",
     "PartialResult",
     "RemoteSocket",
@@ -48,8 +52,7 @@ __all__ = [
 
 log = logging.getLogger("siomesh.adapter")
 
-BUS_ENDPOINT = "adapter"
-CALL_ENDPOINT = "adapter-call"
+TICK = 0.5  # how often channels retry sending and notice dead peers, seconds
 
 ServerEventHandler = Callable[..., Any]
 _H = TypeVar("_H", bound=ServerEventHandler)
@@ -137,7 +140,6 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         mesh: SioMesh,
         *,
         settings: LinkSettings | None = None,
-        post_timeout: float = 5.0,
         flush_timeout: float = 1.0,
     ) -> None:
         super().__init__()
@@ -145,14 +147,24 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         self.node_url: str = mesh.config.node_url
         self.epoch: int = mesh.generation
         self.settings = settings or LinkSettings()
-        self.post_timeout = post_timeout
         self.flush_timeout = flush_timeout
         self.running = False
-        self._links: dict[str, PeerLink] = {}
+        self._channels: dict[str, PeerChannel] = {}
         self._dedup = DedupWindow()
-        self._sender_locks: dict[str, asyncio.Lock] = {}
+        self._inbox: dict[str, deque[tuple[Link, FrameType, int, int, bytes]]] = {}
+        self._consumers: dict[str, asyncio.Task[None]] = {}
+        self._acks: dict[Link, tuple[int, int]] = {}
+        self._acks_scheduled = False
+        self._ticker: asyncio.Task[None] | None = None
         self._server_handlers: dict[tuple[str, str], ServerEventHandler] = {}
-        self.stats = {"received": 0, "duplicates": 0, "bad_messages": 0}
+        self._warn = RateLimitedLog(log)
+        self.stats = {
+            "received": 0,
+            "duplicates": 0,
+            "bad_messages": 0,
+            "resync_disconnects": 0,
+            "gaps_received": 0,
+        }
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -170,8 +182,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if server is not None and not server.manager_initialized:
             server.manager_initialized = True
             self.initialize()
-        for link in self._links.values():
-            link.start()
+        self._ticker = asyncio.ensure_future(self._tick())
         log.info("siomesh adapter started on %s", self.node_url)
 
     async def stop(self) -> None:
@@ -179,11 +190,34 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if not self.running:
             return
         self.running = False
-        dropped = await asyncio.gather(
-            *(link.stop(self.flush_timeout) for link in self._links.values())
-        )
-        if sum(dropped):
-            log.warning("siomesh adapter stopped, %d queued messages dropped", sum(dropped))
+        deadline = asyncio.get_running_loop().time() + self.flush_timeout
+        while any(not c.idle for c in self._channels.values()):
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for task in self._consumers.values():
+            task.cancel()
+        dropped = sum(len(c) for c in self._channels.values())
+        if dropped:
+            log.warning(
+                "siomesh adapter stopped with %d messages not acknowledged by peers", dropped
+            )
+
+    async def _tick(self) -> None:
+        """Retry what a full link refused, and fold a dead peer's queue into a gap."""
+        while True:
+            await asyncio.sleep(TICK)
+            for peer, channel in list(self._channels.items()):
+                if channel.idle:
+                    continue
+                if self._is_live(peer):
+                    channel.pump()
+                else:
+                    channel.abandon("peer is no longer a live member")
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -227,39 +261,50 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             targets.update(owners)
         return [peer for peer in live if peer in targets]
 
-    def _link(self, peer: str) -> PeerLink:
-        link = self._links.get(peer)
-        if link is None:
-            link = PeerLink(
+    def _channel(self, peer: str) -> PeerChannel:
+        channel = self._channels.get(peer)
+        if channel is None:
+            links = self.mesh.links
+            channel = PeerChannel(
                 peer,
                 epoch=self.epoch,
-                send=self._post_batch,
-                is_alive=self._is_live,
+                current_link=lambda url: links.current(url, "data"),
+                dial=self._dial,
                 settings=self.settings,
+                warn=self._warn,
             )
-            self._links[peer] = link
-            if self.running:
-                link.start()
-        return link
+            self._channels[peer] = channel
+        return channel
 
-    async def _post_batch(self, peer: str, body: bytes) -> bytes:
-        return await self.mesh.peers.post(peer, BUS_ENDPOINT, body, timeout=self.post_timeout)
+    def _dial(self, peer: str) -> None:
+        links = self.mesh.links
+        if links.current(peer, "data") is None:
+            links.ensure(peer, "data")
+
+    def _link_up(self, link: Link) -> None:
+        if link.kind == "data":
+            channel = self._channels.get(link.peer)
+            if channel is not None:
+                channel.pump()
 
     def _send(self, peers: Iterable[str], message: dict[str, Any]) -> None:
         text: str | None = None
+        targets: Targets | None = None
         for peer in peers:
             if peer == self.node_url:
                 continue
             if text is None:
                 text = encode_message(message)
-            self._link(peer).enqueue(text)
+                targets = _targets_of(message)
+            assert targets is not None
+            self._channel(peer).enqueue(text, targets)
 
     def queue_sizes(self) -> dict[str, int]:
-        """Messages waiting per peer (for metrics and tests)."""
-        return {peer: len(link) for peer, link in self._links.items()}
+        """Messages waiting for an acknowledgement, per peer (for metrics and tests)."""
+        return {peer: len(channel) for peer, channel in self._channels.items()}
 
     def link_stats(self) -> dict[str, dict[str, int]]:
-        return {peer: dict(link.stats) for peer, link in self._links.items()}
+        return {peer: dict(channel.stats) for peer, channel in self._channels.items()}
 
     # -- python-socketio's manager interface -----------------------------------------------------
 
@@ -566,16 +611,12 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
     async def _call(
         self, peers: list[str], request: dict[str, Any], timeout: float
     ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """POST ``request`` to every peer at once; (replies by peer, peers that did not)."""
+        """Send ``request`` to every peer at once (one ``CALL`` frame each, on the control
+        link, never retried); return (replies by peer, peers that did not answer in time)."""
         if not peers:
             return {}, []
         body = json.dumps(request, separators=(",", ":")).encode()
-        tasks = {
-            peer: asyncio.create_task(
-                self.mesh.peers.post(peer, CALL_ENDPOINT, body, timeout=timeout)
-            )
-            for peer in peers
-        }
+        tasks = {peer: asyncio.create_task(self._call_one(peer, body, timeout)) for peer in peers}
         done, pending = await asyncio.wait(tasks.values(), timeout=timeout)
         for task in pending:
             task.cancel()
@@ -587,7 +628,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 continue
             exc = task.exception()
             if exc is not None:
-                if not isinstance(exc, PeerError):
+                if not isinstance(exc, (LinkUnavailable, LinkClosed, WireError)):
                     log.error("adapter call to %s failed", peer, exc_info=exc)
                 missing.append(peer)
                 continue
@@ -602,30 +643,120 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 missing.append(peer)
         return replies, missing
 
+    async def _call_one(self, peer: str, body: bytes, timeout: float) -> bytes:
+        link = await self.mesh.links.get(peer, "control")
+        stream = link.open_stream()
+        try:
+            if not stream.send(FrameType.CALL, body):
+                raise LinkUnavailable(f"{peer}: link closed or full")
+            kind, payload = await stream.next(timeout)
+        finally:
+            stream.close()
+        if kind is not FrameType.REPLY or not payload:
+            raise WireError(f"unexpected {kind.name} answer to a call")
+        if payload[0] != 0:
+            raise WireError(payload[1:].decode("utf-8", "replace"))
+        return payload[1:]
+
+    async def _serve_call(self, link: Link, stream: Stream, payload: bytes) -> None:
+        try:
+            reply = b"\x00" + await self.handle_call(payload, link.peer)
+        except (WireError, ValueError, TypeError, KeyError, RecursionError) as exc:
+            self.stats["bad_messages"] += 1
+            reply = b"\x01" + f"bad call: {exc}".encode()
+        stream.send(FrameType.REPLY, reply)
+
     # -- receiving -------------------------------------------------------------------------------
 
-    async def handle_batch(self, body: bytes, sender: str) -> bytes:
-        """The ``adapter`` endpoint: apply a batch from ``sender`` (already authenticated)."""
-        batch = decode_batch(body)
-        lock = self._sender_locks.get(sender)
-        if lock is None:
-            lock = self._sender_locks[sender] = asyncio.Lock()
-        # One batch per sender at a time: a retry that overtakes a slow first attempt waits,
-        # then finds its messages already delivered.
-        async with lock:
-            for seq, message in batch.messages:
-                if not self._dedup.accept(sender, batch.epoch, seq):
-                    self.stats["duplicates"] += 1
-                    continue
+    def _on_frame(self, kind: FrameType, link: Link, payload: bytes) -> None:
+        """An ``ADAPTER`` or ``ADAPTER_GAP`` frame: queue it for the sender's consumer, which
+        applies that sender's messages one at a time, in order."""
+        epoch, seq, rest = decode_u64_pair(payload)
+        sender = link.peer
+        inbox = self._inbox.get(sender)
+        if inbox is None:
+            inbox = self._inbox[sender] = deque()
+        inbox.append((link, kind, epoch, seq, rest))
+        consumer = self._consumers.get(sender)
+        if consumer is None or consumer.done():
+            self._consumers[sender] = asyncio.ensure_future(self._consume(sender, inbox))
+
+    def _on_ack(self, link: Link, payload: bytes) -> None:
+        epoch, seq, _ = decode_u64_pair(payload)
+        channel = self._channels.get(link.peer)
+        if channel is not None:
+            channel.on_ack(epoch, seq)
+
+    async def _consume(
+        self, sender: str, inbox: deque[tuple[Link, FrameType, int, int, bytes]]
+    ) -> None:
+        while inbox:
+            link, kind, epoch, seq, rest = inbox.popleft()
+            if not self._dedup.accept(sender, epoch, seq):
+                self.stats["duplicates"] += 1
+            elif kind is FrameType.ADAPTER_GAP:
+                await self._apply_gap(sender, rest)
+            else:
                 self.stats["received"] += 1
                 try:
+                    message = json.loads(rest)
+                    if not isinstance(message, dict) or not isinstance(message.get("m"), str):
+                        raise WireError("message without a method")
                     await self._dispatch(message, sender)
-                except WireError as exc:
+                except (WireError, ValueError, TypeError, KeyError, RecursionError) as exc:
                     self.stats["bad_messages"] += 1
-                    log.warning("bad adapter message from %s: %s", sender, exc)
+                    self._warn.warning(
+                        ("bad", sender), "bad adapter message from %s: %r", sender, exc
+                    )
                 except Exception:
                     log.exception("adapter message from %s failed", sender)
-        return b"ok"
+            self._ack(link, epoch, seq)
+
+    def _ack(self, link: Link, epoch: int, seq: int) -> None:
+        # one cumulative ack per link per loop iteration, however many messages were applied
+        self._acks[link] = (epoch, seq)
+        if not self._acks_scheduled:
+            self._acks_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._acks_scheduled = False
+        acks, self._acks = self._acks, {}
+        for link, (epoch, seq) in acks.items():
+            link.send(FrameType.ADAPTER_ACK, 0, encode_u64_pair(epoch, seq))
+
+    async def _apply_gap(self, sender: str, detail: bytes) -> None:
+        """``sender`` could not deliver some messages: disconnect (Engine.IO close, so they
+        reconnect and resync) every local client they may have been for."""
+        self.stats["gaps_received"] += 1
+        try:
+            info = json.loads(detail)
+            targets = info["targets"]
+            first = int(info["first"])
+            if not isinstance(targets, dict):
+                raise TypeError("targets")
+        except (ValueError, KeyError, TypeError, RecursionError):
+            self.stats["bad_messages"] += 1
+            return
+        eio_sids: set[str] = set()
+        for namespace, rooms in targets.items():
+            if not isinstance(namespace, str):
+                continue
+            for room in [None] if rooms is None else rooms:
+                with contextlib.suppress(TypeError):
+                    for _, eio_sid in self.get_participants(namespace, room):
+                        eio_sids.add(eio_sid)
+        self.stats["resync_disconnects"] += len(eio_sids)
+        log.warning(
+            "adapter messages from %s were lost (from seq %d): disconnecting %d clients "
+            "that may have missed them, so that they reconnect and resync",
+            sender,
+            first,
+            len(eio_sids),
+        )
+        for eio_sid in eio_sids:
+            with contextlib.suppress(Exception):
+                await self.server.eio.disconnect(eio_sid)
 
     async def _dispatch(self, msg: dict[str, Any], sender: str) -> None:
         method = msg["m"]
@@ -687,7 +818,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         return True, result
 
     async def handle_call(self, body: bytes, sender: str) -> bytes:
-        """The ``adapter-call`` endpoint: answer a cluster-wide request from ``sender``."""
+        """Answer a cluster-wide request from ``sender`` (a ``CALL`` frame's body)."""
         try:
             request = json.loads(body)
         except ValueError as exc:
@@ -747,8 +878,26 @@ def install_adapter(mesh: SioMesh, **options: Any) -> MeshManager | None:
     manager.pending_disconnect = current.pending_disconnect
     manager.set_server(sio)
     sio.manager = manager
-    mesh.register_endpoint(BUS_ENDPOINT, manager.handle_batch)
-    mesh.register_endpoint(CALL_ENDPOINT, manager.handle_call)
+    dispatcher = mesh.links.dispatcher
+    dispatcher.on(FrameType.ADAPTER, partial(manager._on_frame, FrameType.ADAPTER))
+    dispatcher.on(FrameType.ADAPTER_GAP, partial(manager._on_frame, FrameType.ADAPTER_GAP))
+    dispatcher.on(FrameType.ADAPTER_ACK, manager._on_ack)
+    dispatcher.serve(FrameType.CALL, manager._serve_call)
+    mesh.links.on_link_up(manager._link_up)
     mesh.on_startup(manager.start)
     mesh.on_shutdown(manager.stop)
     return manager
+
+
+def _targets_of(message: dict[str, Any]) -> Targets:
+    """Which of the receiver's clients a message concerns (for a gap: who must resync)."""
+    namespace = message.get("ns", "/")
+    method = message.get("m")
+    if method in ("callback", "server_event"):
+        return {}
+    if method in ("disconnect", "enter_room", "leave_room"):
+        return {namespace: [message.get("sid")]}
+    room = message.get("room")
+    if room is None:
+        return {namespace: None}
+    return {namespace: list(room) if isinstance(room, (list, tuple)) else [room]}

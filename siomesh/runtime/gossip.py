@@ -1,9 +1,10 @@
 """The gossip runtime: runs the pure :class:`siomesh.protocol.node.Node` inside a SioMesh node.
 
-* Transport: every protocol message is one signed POST to the peer's ``{mesh_path}/gossip``
-  (one-way; answers travel as POSTs the other way). A send that fails is dropped: the protocol
-  tolerates loss. At most ``MAX_IN_FLIGHT`` sends are outstanding; beyond that messages are
-  dropped and counted, so a slow peer can never make this node queue without bound.
+* Transport: every protocol message is one ``GOSSIP`` frame on this node's *control* link to the
+  peer (:mod:`siomesh.links`), which carries nothing else but calls, so membership never waits
+  behind forwarded traffic. Sending never blocks: a frame the link cannot take (no link yet and
+  its pending queue full, buffer full, dial backing off) is dropped and counted; the protocol
+  tolerates loss. The sender of a received message is the link's authenticated peer.
 * Timers: one task calls ``Node.tick`` no later than ``Node.next_tick_at`` (capped at 250 ms).
 * Directory: this node's Engine.IO sids (from the server's ``sockets`` dict), Socket.IO sids per
   namespace and room memberships (from the client manager's ``basic_enter_room`` /
@@ -28,12 +29,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..cluster import MemberRef
+from ..links.frames import FrameType
+from ..links.link import Link
 from ..protocol.directory import engineio_key, room_key, socketio_key
 from ..protocol.membership import GossipConfig, Member
 from ..protocol.messages import DecodeError, State, decode, encode
 from ..protocol.node import Node, Outbound
 from ..sid import SidKeys, generation_tag, node_tag
-from .peers import PeerError
 
 if TYPE_CHECKING:
     from ..middleware import SioMesh
@@ -42,7 +44,6 @@ __all__ = ["GossipCluster", "GossipRuntime", "TrackedSockets"]
 
 log = logging.getLogger("siomesh.gossip")
 
-MAX_IN_FLIGHT = 256
 DNS_INTERVAL = 10.0
 _MAX_TICK_SLEEP = 0.25
 
@@ -220,7 +221,6 @@ class GossipRuntime:
         )
         self._task: asyncio.Task[None] | None = None
         self._dns_task: asyncio.Task[None] | None = None
-        self._sends: set[asyncio.Task[None]] = set()
         self._stopping = False
         stats = mesh.stats
         for key in (
@@ -233,7 +233,8 @@ class GossipRuntime:
             "gossip_bad_messages",
         ):
             stats.setdefault(key, 0)
-        mesh.register_endpoint("gossip", self._receive)
+        self._links = mesh.links
+        self._links.dispatcher.on(FrameType.GOSSIP, self._receive)
 
     # -- directory publication -------------------------------------------------------------------
 
@@ -291,13 +292,11 @@ class GossipRuntime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        leave = self.node.leave(time.monotonic())
-        sends = [asyncio.ensure_future(self._post(url, encode(msg))) for url, msg in leave]
-        if sends:
-            await asyncio.wait(sends, timeout=1.0)
-        for task in list(self._sends) + sends:
-            task.cancel()
-        self._sends.clear()
+        self._send(self.node.leave(time.monotonic()))
+        # let the writers put the leave on the wire before the links close (bounded)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and self._links.pending_control():
+            await asyncio.sleep(0.01)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -311,35 +310,27 @@ class GossipRuntime:
     # -- transport -------------------------------------------------------------------------------
 
     def _send(self, outbound: list[Outbound]) -> None:
-        for url, msg in outbound:
-            if len(self._sends) >= MAX_IN_FLIGHT:
-                self.mesh.stats["gossip_dropped"] += 1
-                continue
-            task = asyncio.ensure_future(self._post(url, encode(msg)))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
-
-    async def _post(self, url: str, body: bytes) -> None:
         stats = self.mesh.stats
-        stats["gossip_messages_sent"] += 1
-        stats["gossip_bytes_sent"] += len(body)
-        try:
-            await self.mesh.peers.post(url, "gossip", body, timeout=self.config.probe_interval * 2)
-        except PeerError as exc:
-            stats["gossip_send_errors"] += 1
-            log.debug("gossip to %s failed: %s", url, exc)
+        for url, msg in outbound:
+            body = encode(msg)
+            if self._links.post(url, "control", FrameType.GOSSIP, body):
+                stats["gossip_messages_sent"] += 1
+                stats["gossip_bytes_sent"] += len(body)
+            else:
+                stats["gossip_dropped"] += 1
 
-    async def _receive(self, body: bytes, sender: str) -> bytes:
+    def _receive(self, link: Link, body: bytes) -> None:
         stats = self.mesh.stats
         stats["gossip_messages_received"] += 1
         stats["gossip_bytes_received"] += len(body)
         try:
             msg = decode(body, self.config.max_message_bytes)
         except DecodeError as exc:
+            # an authenticated peer sent garbage: count it and drop it, the link stays up
             stats["gossip_bad_messages"] += 1
-            raise ValueError(f"bad gossip message: {exc}") from exc
-        self._send(self.node.receive(sender, msg, time.monotonic()))
-        return b""
+            log.warning("bad gossip message from %s: %s", link.peer, exc)
+            return
+        self._send(self.node.receive(link.peer, msg, time.monotonic()))
 
     # -- DNS seeds -------------------------------------------------------------------------------
 

@@ -1,0 +1,206 @@
+"""PeerChannel: the adapter's ordered, acknowledged, bounded stream of messages to one peer.
+
+Contract:
+
+* :meth:`PeerChannel.enqueue` never blocks and never raises. Each message gets the next
+  sequence number of this (sender generation, peer) pair and is sent at once as an ``ADAPTER``
+  frame on this node's data link to the peer: pipelined, many in flight, no batch round trip.
+* The peer acknowledges cumulatively (``ADAPTER_ACK``); a message stays queued until acked. When
+  a link breaks and a new one comes up, every unacknowledged message is sent again, in order;
+  the receiver applies each (epoch, seq) at most once (:class:`~siomesh.adapter.wire.DedupWindow`),
+  so a peer that is unreachable for a while but stays a member gets everything, in order, once.
+* Bounded: at most ``max_queue`` messages wait per peer. Beyond that (or when the peer is
+  declared dead), messages are not kept: they are folded into one *gap* record (first and last
+  sequence number, and which namespaces and rooms they were for) that takes their place in the
+  queue. A gap is delivered like a message (``ADAPTER_GAP``): the receiver disconnects its
+  clients that may have missed something, at the Engine.IO level, so that they reconnect and
+  resync, as a Redis outage would make them. Never a silent hole.
+
+Use from the node's event loop only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..links.frames import FrameType, encode_u64_pair
+from ..links.link import Link
+from ..ratelimit import RateLimitedLog
+
+__all__ = ["LinkSettings", "PeerChannel", "Targets", "merge_targets"]
+
+log = logging.getLogger("siomesh.adapter")
+
+#: namespace -> the rooms concerned, or ``None`` for every client of the namespace
+Targets = dict[str, list[Any] | None]
+
+
+def merge_targets(into: Targets, more: Targets) -> None:
+    """Fold ``more`` into ``into`` (a namespace that is wholly concerned stays so)."""
+    for namespace, rooms in more.items():
+        if namespace in into:
+            mine = into[namespace]
+            if mine is None or rooms is None:
+                into[namespace] = None
+            else:
+                mine.extend(r for r in rooms if r not in mine)
+                if len(mine) > 1000:  # too many to name: the whole namespace
+                    into[namespace] = None
+        else:
+            into[namespace] = None if rooms is None else list(rooms)
+
+
+class LinkSettings:
+    """Tunables shared by every peer channel of a manager (documented in docs/adapter.md)."""
+
+    __slots__ = ("max_queue",)
+
+    def __init__(self, *, max_queue: int = 10_000) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be positive")
+        self.max_queue = max_queue
+
+
+@dataclass(slots=True)
+class _Item:
+    first: int
+    last: int
+    text: str | None  # None: a gap
+    targets: Targets = field(default_factory=dict)
+
+
+class PeerChannel:
+    """The ordered channel from this node's adapter to ``peer`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        peer: str,
+        *,
+        epoch: int,
+        current_link: Callable[[str], Link | None],
+        dial: Callable[[str], None],
+        settings: LinkSettings,
+        warn: RateLimitedLog,
+    ) -> None:
+        self.peer = peer
+        self.epoch = epoch
+        self._current_link = current_link
+        self._dial = dial
+        self._settings = settings
+        self._warn = warn
+        self._unsent: deque[_Item] = deque()
+        self._unacked: deque[_Item] = deque()
+        self._seq = 0
+        self._link: Link | None = None
+        self._messages = 0  # messages (not gaps) held
+        self.stats = {"sent": 0, "resent": 0, "acked": 0, "gap_messages": 0, "gaps": 0}
+
+    def __len__(self) -> int:
+        return self._messages
+
+    @property
+    def idle(self) -> bool:
+        return not self._unsent and not self._unacked
+
+    def enqueue(self, text: str, targets: Targets) -> bool:
+        """Queue one encoded message; False when it was folded into a gap instead."""
+        self._seq += 1
+        if self._messages >= self._settings.max_queue:
+            self._fold(self._seq, self._seq, targets)
+            self._warn.warning(
+                ("full", self.peer),
+                "adapter queue to %s is full (%d messages): later messages are dropped and "
+                "the clients they were for will be disconnected to resync",
+                self.peer,
+                self._messages,
+            )
+            return False
+        self._unsent.append(_Item(self._seq, self._seq, text, targets))
+        self._messages += 1
+        self.pump()
+        return True
+
+    def _fold(self, first: int, last: int, targets: Targets) -> None:
+        """Record messages first..last as lost (a trailing gap absorbs them)."""
+        self.stats["gap_messages"] += last - first + 1
+        tail = self._unsent[-1] if self._unsent else None
+        if tail is not None and tail.text is None and tail.last + 1 == first:
+            tail.last = last
+            merge_targets(tail.targets, targets)
+            return
+        gap = _Item(first, last, None, {})
+        merge_targets(gap.targets, targets)
+        self._unsent.append(gap)
+        self.stats["gaps"] += 1
+
+    def abandon(self, why: str) -> int:
+        """Replace every queued message by one gap (the peer is declared dead): if it comes
+        back, its clients that missed them are disconnected. Returns the messages dropped."""
+        items = [*self._unacked, *self._unsent]
+        if not items or all(i.text is None for i in items):
+            return 0
+        dropped = self._messages
+        self._unacked.clear()
+        self._unsent.clear()
+        self._messages = 0
+        gap = _Item(items[0].first, items[-1].last, None, {})
+        for item in items:
+            merge_targets(gap.targets, item.targets)
+        self._unsent.append(gap)
+        self.stats["gap_messages"] += dropped
+        self.stats["gaps"] += 1
+        log.warning(
+            "dropped %d adapter messages to %s (%s); its clients will be disconnected to "
+            "resync if it comes back",
+            dropped,
+            self.peer,
+            why,
+        )
+        return dropped
+
+    def pump(self) -> None:
+        """Send what can be sent now on the current link (dialling one if there is none)."""
+        if not self._unsent:
+            return
+        link = self._current_link(self.peer)
+        if link is None:
+            self._dial(self.peer)
+            return
+        if link is not self._link:
+            # a new link incarnation: whatever the old one carried may not have arrived
+            self._link = link
+            if self._unacked:
+                self.stats["resent"] += sum(1 for i in self._unacked if i.text is not None)
+                self._unsent.extendleft(reversed(self._unacked))
+                self._unacked.clear()
+        while self._unsent:
+            item = self._unsent[0]
+            if item.text is None:
+                detail = json.dumps({"first": item.first, "targets": item.targets}, default=str)
+                payload = encode_u64_pair(self.epoch, item.last, detail.encode())
+                kind = FrameType.ADAPTER_GAP
+            else:
+                payload = encode_u64_pair(self.epoch, item.last, item.text.encode())
+                kind = FrameType.ADAPTER
+            if not link.send(kind, 0, payload):
+                return  # buffer full or link closed: the next pump (tick, ack, link up) resumes
+            self._unacked.append(self._unsent.popleft())
+            if item.text is not None:
+                self.stats["sent"] += 1
+
+    def on_ack(self, epoch: int, seq: int) -> None:
+        """The peer applied everything up to ``seq``."""
+        if epoch != self.epoch:
+            return
+        while self._unacked and self._unacked[0].last <= seq:
+            item = self._unacked.popleft()
+            if item.text is not None:
+                self._messages -= 1
+                self.stats["acked"] += 1
+        if self._unsent:
+            self.pump()

@@ -1,0 +1,352 @@
+"""The peer-link wire format. PURE: no asyncio, no clock, no randomness, no I/O.
+
+A link carries binary WebSocket messages; each message is one *frame*::
+
+    type (u8) | stream (u32) | seq (u64) | payload | mac (16 bytes)
+
+* ``seq`` counts the frames one side has sent on this link, from 1, with no gaps. The receiver
+  accepts only the next number it expects, so a frame replayed on the same link (later, or
+  twice) is refused.
+* ``mac`` is HMAC-SHA256, truncated to 16 bytes, over everything before it, keyed with the
+  sending direction's key of this link incarnation (:mod:`siomesh.links.handshake` derives it
+  from the cluster secret, both ends' URLs and both ends' fresh nonces). A frame captured on one
+  link does not verify on another link, to another node, or in the other direction.
+* ``stream`` names the exchange a frame belongs to (a forwarded request and its answer, a relayed
+  WebSocket, a call and its reply); 0 for frames outside any exchange (gossip, adapter messages).
+  Streams are opened only by the side that dialled the link.
+
+Payloads: the request/response/WebSocket-open *meta* parts are compact JSON (header names and
+values as latin-1 strings, as HTTP defines them), followed by raw body bytes; everything else is
+fixed binary fields. :class:`FrameError` is raised for anything malformed; the link closes with a
+protocol error then (never a 500).
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "HEADER",
+    "MAC_BYTES",
+    "FrameError",
+    "FrameType",
+    "RequestMeta",
+    "ResponseMeta",
+    "decode_close",
+    "decode_data",
+    "decode_meta_body",
+    "decode_u32",
+    "decode_u64_pair",
+    "encode_close",
+    "encode_data",
+    "encode_meta_body",
+    "encode_u32",
+    "encode_u64_pair",
+    "open_frame",
+    "seal_frame",
+]
+
+HEADER = struct.Struct(">BIQ")
+MAC_BYTES = 16
+_U32 = struct.Struct(">I")
+_U64_PAIR = struct.Struct(">QQ")
+_CLOSE = struct.Struct(">H")
+_MIN_FRAME = HEADER.size + MAC_BYTES
+
+
+class FrameError(ValueError):
+    """A frame that does not decode, verify or arrive in order: a protocol error."""
+
+
+class FrameType(enum.IntEnum):
+    #: dialler -> acceptor: a forwarded HTTP request (meta + body), to be answered once
+    REQUEST = 10
+    #: acceptor -> dialler: the answer to a REQUEST (meta + body)
+    RESPONSE = 11
+    #: dialler -> acceptor: the request's client went away; stop working on it
+    CANCEL = 12
+    #: dialler -> acceptor: a relayed WebSocket's handshake (meta)
+    WS_OPEN = 20
+    #: acceptor -> dialler: the owner accepted the WebSocket (meta: subprotocol, headers)
+    WS_ACCEPT = 21
+    #: either way: one WebSocket message (flag byte: 0 text, 1 binary; then the data)
+    WS_DATA = 22
+    #: either way: the WebSocket closed (u16 code, then the reason)
+    WS_CLOSE = 23
+    #: either way: the receiver has consumed this many bytes of the stream (u32): more credit
+    WINDOW = 24
+    #: either way: one gossip protocol message
+    GOSSIP = 30
+    #: either way: one adapter message (u64 epoch, u64 seq, then its JSON)
+    ADAPTER = 40
+    #: either way: the adapter messages up to (epoch, seq) were applied (cumulative)
+    ADAPTER_ACK = 41
+    #: either way: adapter messages (epoch, first seq .. last seq) were dropped (JSON detail)
+    ADAPTER_GAP = 42
+    #: dialler -> acceptor: a cluster-wide call (JSON), answered by one REPLY
+    CALL = 50
+    #: acceptor -> dialler: the answer to a CALL (status byte 0 ok / 1 error, then JSON)
+    REPLY = 51
+
+
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+def seal_frame(key: bytes, kind: int, stream: int, seq: int, payload: bytes) -> bytes:
+    """One frame, ready to send as a binary WebSocket message."""
+    head = HEADER.pack(kind, stream, seq) + payload
+    return head + hmac.digest(key, head, "sha256")[:MAC_BYTES]
+
+
+def open_frame(key: bytes, data: bytes, expected_seq: int) -> tuple[FrameType, int, bytes]:
+    """Verify and split a received frame: ``(type, stream, payload)``.
+
+    Raises :class:`FrameError` when the frame is too short, its MAC does not verify with ``key``,
+    its sequence number is not ``expected_seq`` or its type is unknown.
+    """
+    if len(data) < _MIN_FRAME:
+        raise FrameError("frame too short")
+    head, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
+    if not hmac.compare_digest(hmac.digest(key, head, "sha256")[:MAC_BYTES], mac):
+        raise FrameError("frame MAC does not verify (replayed, forged or from another link)")
+    kind, stream, seq = HEADER.unpack_from(head)
+    if seq != expected_seq:
+        raise FrameError(f"frame sequence {seq}, expected {expected_seq} (replay or loss)")
+    if kind not in _KNOWN_TYPES:
+        raise FrameError(f"unknown frame type {kind}")
+    return FrameType(kind), stream, head[HEADER.size :]
+
+
+# -- payload helpers ---------------------------------------------------------------------------
+
+
+def encode_meta_body(meta: Any, body: bytes = b"") -> bytes:
+    """``u32 length | JSON meta | body``."""
+    text = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _U32.pack(len(text)) + text + body
+
+
+def decode_meta_body(payload: bytes) -> tuple[Any, bytes]:
+    """Inverse of :func:`encode_meta_body`. Raises :class:`FrameError`."""
+    if len(payload) < _U32.size:
+        raise FrameError("payload too short for its meta length")
+    (length,) = _U32.unpack_from(payload)
+    end = _U32.size + length
+    if end > len(payload):
+        raise FrameError("meta length exceeds the payload")
+    try:
+        meta = json.loads(payload[_U32.size : end])
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameError("meta is not JSON") from exc
+    return meta, payload[end:]
+
+
+def encode_data(data: str | bytes) -> bytes:
+    if isinstance(data, str):
+        return b"\x00" + data.encode("utf-8")
+    return b"\x01" + data
+
+
+def decode_data(payload: bytes) -> str | bytes:
+    if not payload or payload[0] not in (0, 1):
+        raise FrameError("bad WebSocket data flag")
+    if payload[0] == 0:
+        try:
+            return payload[1:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FrameError("WebSocket text is not UTF-8") from exc
+    return payload[1:]
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    return _CLOSE.pack(code if 0 <= code < 65536 else 1011) + reason.encode("utf-8")[:120]
+
+
+def decode_close(payload: bytes) -> tuple[int, str]:
+    if len(payload) < _CLOSE.size:
+        raise FrameError("close frame too short")
+    (code,) = _CLOSE.unpack_from(payload)
+    return code, payload[_CLOSE.size :].decode("utf-8", "replace")
+
+
+def encode_u64_pair(a: int, b: int, rest: bytes = b"") -> bytes:
+    return _U64_PAIR.pack(a, b) + rest
+
+
+def decode_u64_pair(payload: bytes) -> tuple[int, int, bytes]:
+    if len(payload) < _U64_PAIR.size:
+        raise FrameError("payload too short")
+    a, b = _U64_PAIR.unpack_from(payload)
+    return a, b, payload[_U64_PAIR.size :]
+
+
+def decode_u32(payload: bytes) -> int:
+    if len(payload) != _U32.size:
+        raise FrameError("bad u32 payload")
+    value: int = _U32.unpack(payload)[0]
+    return value
+
+
+def encode_u32(value: int) -> bytes:
+    return _U32.pack(value)
+
+
+# -- typed metas ---------------------------------------------------------------------------------
+
+
+def _headers_to_wire(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
+    return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]
+
+
+def _headers_from_wire(raw: Any) -> list[tuple[bytes, bytes]]:
+    if not isinstance(raw, list):
+        raise FrameError("headers must be a list")
+    out: list[tuple[bytes, bytes]] = []
+    for item in raw:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], str)
+        ):
+            raise FrameError("malformed header")
+        try:
+            out.append((item[0].encode("latin-1"), item[1].encode("latin-1")))
+        except UnicodeEncodeError as exc:
+            raise FrameError("header is not latin-1") from exc
+    return out
+
+
+def _address(raw: Any) -> tuple[str, int] | None:
+    if raw is None:
+        return None
+    if (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and isinstance(raw[0], str)
+        and isinstance(raw[1], int)
+        and not isinstance(raw[1], bool)
+    ):
+        return raw[0], raw[1]
+    raise FrameError("malformed address")
+
+
+def _str(meta: dict[str, Any], key: str) -> str:
+    value = meta.get(key)
+    if not isinstance(value, str):
+        raise FrameError(f"meta field {key!r} missing or not a string")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What the owner needs to rebuild the client's ASGI scope (HTTP or WebSocket)."""
+
+    method: str
+    path: str
+    raw_path: bytes
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]
+    client: tuple[str, int] | None
+    server: tuple[str, int] | None
+    scheme: str
+    http_version: str
+    subprotocols: tuple[str, ...] = ()
+
+    @classmethod
+    def from_scope(cls, scope: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> RequestMeta:
+        client = scope.get("client")
+        server = scope.get("server")
+        return cls(
+            method=str(scope.get("method", "GET")),
+            path=str(scope["path"]),
+            raw_path=scope.get("raw_path") or str(scope["path"]).encode("utf-8"),
+            query_string=scope.get("query_string", b""),
+            headers=headers,
+            client=(str(client[0]), int(client[1])) if client else None,
+            server=(str(server[0]), int(server[1] or 0)) if server else None,
+            scheme=str(scope.get("scheme", "http")),
+            http_version=str(scope.get("http_version", "1.1")),
+            subprotocols=tuple(scope.get("subprotocols") or ()),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "m": self.method,
+            "p": self.path,
+            "rp": self.raw_path.decode("latin-1"),
+            "q": self.query_string.decode("latin-1"),
+            "h": _headers_to_wire(self.headers),
+            "c": list(self.client) if self.client else None,
+            "sv": list(self.server) if self.server else None,
+            "s": self.scheme,
+            "v": self.http_version,
+            "sp": list(self.subprotocols),
+        }
+
+    @classmethod
+    def from_wire(cls, meta: Any) -> RequestMeta:
+        if not isinstance(meta, dict):
+            raise FrameError("request meta is not an object")
+        sub = meta.get("sp", [])
+        if not isinstance(sub, list) or not all(isinstance(s, str) for s in sub):
+            raise FrameError("malformed subprotocols")
+        try:
+            return cls(
+                method=_str(meta, "m"),
+                path=_str(meta, "p"),
+                raw_path=_str(meta, "rp").encode("latin-1"),
+                query_string=_str(meta, "q").encode("latin-1"),
+                headers=_headers_from_wire(meta.get("h")),
+                client=_address(meta.get("c")),
+                server=_address(meta.get("sv")),
+                scheme=_str(meta, "s"),
+                http_version=_str(meta, "v"),
+                subprotocols=tuple(sub),
+            )
+        except UnicodeEncodeError as exc:
+            raise FrameError("path or query is not latin-1") from exc
+
+    def scope(self, kind: str) -> dict[str, Any]:
+        """A fresh ASGI scope of ``kind`` (``"http"`` or ``"websocket"``)."""
+        scope: dict[str, Any] = {
+            "type": kind,
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": self.http_version,
+            "scheme": self.scheme,
+            "path": self.path,
+            "raw_path": self.raw_path,
+            "query_string": self.query_string,
+            "root_path": "",
+            "headers": list(self.headers),
+            "client": self.client,
+            "server": self.server,
+        }
+        if kind == "http":
+            scope["method"] = self.method
+        else:
+            scope["subprotocols"] = list(self.subprotocols)
+        return scope
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMeta:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"st": self.status, "h": _headers_to_wire(self.headers)}
+
+    @classmethod
+    def from_wire(cls, meta: Any) -> ResponseMeta:
+        if not isinstance(meta, dict):
+            raise FrameError("response meta is not an object")
+        status = meta.get("st")
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status < 600:
+            raise FrameError("bad status")
+        return cls(status=status, headers=_headers_from_wire(meta.get("h")))

@@ -1,0 +1,372 @@
+"""Link: one authenticated, multiplexed connection to a peer, after its handshake.
+
+Contract:
+
+* :meth:`Link.send` never blocks: it queues a frame for the link's single writer task and
+  returns False (nothing queued) when the link is closed or its outbound buffer already holds
+  ``max_buffer`` bytes. Frames leave in the order they were queued; the writer numbers and seals
+  them (:func:`~siomesh.links.frames.seal_frame`) as it writes, so the numbering is the wire
+  order.
+* The reader (:meth:`Link.run`) verifies every frame (MAC, sequence); any failure closes the
+  link with a protocol error (WebSocket code 1002) and counts it. Frames of a stream go to that
+  stream; frames that open a stream (request, WebSocket open, call: only the dialler may send
+  them) start a handler task; other frames go to the per-type callbacks of the
+  :class:`Dispatcher`. Callbacks run on the reader's task: they must not block.
+* When a link closes, every stream on it fails (:class:`LinkClosed`) and every handler task it
+  started is cancelled (an owner drops a forwarded long-poll whose forwarder is gone, so the
+  poll cannot take packets nobody will read).
+* :class:`Stream` delivers its frames in order; WebSocket streams use credit (``WINDOW``
+  frames, HTTP/2 style) so that a slow reader holds back only its own stream.
+
+Everything runs on one event loop; nothing here is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .frames import FrameError, FrameType, decode_u32, encode_u32, open_frame, seal_frame
+
+__all__ = ["Dispatcher", "Link", "LinkClosed", "Stream"]
+
+log = logging.getLogger("siomesh.links")
+
+Reader = Callable[[], Awaitable[bytes | None]]
+Writer = Callable[[bytes], Awaitable[None]]
+Closer = Callable[[int], Awaitable[None]]
+FrameCallback = Callable[["Link", bytes], None]
+StreamHandler = Callable[["Link", "Stream", bytes], Awaitable[None]]
+
+#: Frame types that open a stream on the acceptor.
+OPENING = frozenset({FrameType.REQUEST, FrameType.WS_OPEN, FrameType.CALL})
+#: Close codes (RFC 6455): protocol error, going away.
+PROTOCOL_ERROR = 1002
+GOING_AWAY = 1001
+
+
+class LinkClosed(Exception):
+    """The link closed before the exchange finished; whether the peer acted on it is unknown."""
+
+
+class Dispatcher:
+    """Who handles which frame type: callbacks for stream-less frames, handlers for streams."""
+
+    def __init__(self) -> None:
+        self.callbacks: dict[FrameType, FrameCallback] = {}
+        self.handlers: dict[FrameType, StreamHandler] = {}
+
+    def on(self, kind: FrameType, callback: FrameCallback) -> None:
+        """Call ``callback(link, payload)`` for every frame of ``kind`` (stream 0)."""
+        self.callbacks[kind] = callback
+
+    def serve(self, kind: FrameType, handler: StreamHandler) -> None:
+        """Run ``handler(link, stream, payload)`` as a task for every stream opened by ``kind``."""
+        if kind not in OPENING:
+            raise ValueError(f"{kind!r} does not open streams")
+        self.handlers[kind] = handler
+
+
+class Stream:
+    """One exchange on a link (see the module docstring). Created by :meth:`Link.open_stream`
+    on the dialler and by the link itself on the acceptor."""
+
+    __slots__ = (
+        "_credit_event",
+        "_error",
+        "_items",
+        "_ready",
+        "consumed",
+        "credit",
+        "id",
+        "link",
+    )
+
+    #: initial credit of each direction of a WebSocket stream, bytes
+    WINDOW = 1 << 20
+
+    def __init__(self, link: Link, stream_id: int) -> None:
+        self.link = link
+        self.id = stream_id
+        self._items: deque[tuple[FrameType, bytes]] = deque()
+        self._ready = asyncio.Event()
+        self._error: BaseException | None = None
+        self.credit = Stream.WINDOW  # bytes we may still send
+        self.consumed = 0  # bytes received and consumed, not yet acknowledged by WINDOW
+        self._credit_event = asyncio.Event()
+        self._credit_event.set()
+
+    def push(self, kind: FrameType, payload: bytes) -> None:
+        if kind is FrameType.WINDOW:
+            self.credit += decode_u32(payload)
+            self._credit_event.set()
+            return
+        self._items.append((kind, payload))
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._ready.set()
+        self._credit_event.set()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    async def next(self, timeout: float | None = None) -> tuple[FrameType, bytes]:
+        """The next frame of this stream, in order. Raises :class:`LinkClosed` when the link
+        closed first, :class:`asyncio.TimeoutError` after ``timeout`` seconds."""
+        while not self._items:
+            if self._error is not None:
+                raise LinkClosed(str(self._error))
+            self._ready.clear()
+            if timeout is None:
+                await self._ready.wait()
+            else:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+        return self._items.popleft()
+
+    def send(self, kind: FrameType, payload: bytes) -> bool:
+        return self.link.send(kind, self.id, payload)
+
+    async def send_data(self, kind: FrameType, payload: bytes, timeout: float) -> None:
+        """Send a flow-controlled frame: wait (up to ``timeout``) for the peer's credit first.
+        Raises :class:`LinkClosed` or :class:`asyncio.TimeoutError`."""
+        while self.credit <= 0:
+            if self._error is not None:
+                raise LinkClosed(str(self._error))
+            self._credit_event.clear()
+            await asyncio.wait_for(self._credit_event.wait(), timeout)
+        if self._error is not None:
+            raise LinkClosed(str(self._error))
+        self.credit -= len(payload)
+        if not self.link.send(kind, self.id, payload):
+            raise LinkClosed("link closed or its buffer is full")
+
+    def consumed_bytes(self, size: int) -> None:
+        """Tell the peer we consumed ``size`` bytes (sent as credit in batches of a quarter
+        window, so a busy stream costs one WINDOW frame per 256 KiB)."""
+        self.consumed += size
+        if self.consumed >= Stream.WINDOW // 4:
+            self.link.send(FrameType.WINDOW, self.id, encode_u32(self.consumed))
+            self.consumed = 0
+
+    def close(self) -> None:
+        """Forget this stream on its link (frames that arrive for it later are ignored)."""
+        self.link.streams.pop(self.id, None)
+
+
+class Link:
+    """See the module docstring. ``dialler`` says which end of the connection this is."""
+
+    def __init__(
+        self,
+        *,
+        peer: str,
+        kind: str,
+        dialler: bool,
+        peer_generation: int,
+        send_key: bytes,
+        recv_key: bytes,
+        write: Writer,
+        close: Closer,
+        dispatcher: Dispatcher,
+        max_buffer: int,
+        stats: dict[str, int],
+    ) -> None:
+        self.peer = peer
+        self.kind = kind
+        self.dialler = dialler
+        self.peer_generation = peer_generation
+        self._send_key = send_key
+        self._recv_key = recv_key
+        self._write = write
+        self._close = close
+        self._dispatcher = dispatcher
+        self.max_buffer = max_buffer
+        self.stats = stats
+        self.streams: dict[int, Stream] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._out: deque[tuple[int, int, bytes]] = deque()
+        self._buffered = 0
+        self._wake = asyncio.Event()
+        self._send_seq = 0
+        self._recv_seq = 0
+        self._next_stream = 1
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self._writer = asyncio.ensure_future(self._write_loop())
+
+    def __repr__(self) -> str:
+        side = "to" if self.dialler else "from"
+        return f"<Link {self.kind} {side} {self.peer}>"
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.is_set()
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, kind: FrameType, stream: int, payload: bytes) -> bool:
+        """Queue one frame (see the module docstring); False if not queued."""
+        if self.closed.is_set():
+            return False
+        if self._buffered + len(payload) > self.max_buffer and self._buffered:
+            self.stats["link_buffer_full"] = self.stats.get("link_buffer_full", 0) + 1
+            return False
+        self._out.append((int(kind), stream, payload))
+        self._buffered += len(payload)
+        self._wake.set()
+        return True
+
+    def open_stream(self) -> Stream:
+        """A new stream id on this link (dialler only)."""
+        if not self.dialler:
+            raise RuntimeError("only the dialling end opens streams")
+        stream = Stream(self, self._next_stream)
+        self._next_stream += 1
+        if self.closed.is_set():
+            stream.fail(LinkClosed(self.close_reason or "link closed"))
+        self.streams[stream.id] = stream
+        return stream
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                while not self._out:
+                    self._wake.clear()
+                    await self._wake.wait()
+                kind, stream, payload = self._out.popleft()
+                self._buffered -= len(payload)
+                self._send_seq += 1
+                frame = seal_frame(self._send_key, kind, stream, self._send_seq, payload)
+                await self._write(frame)
+                self.stats["link_frames_sent"] += 1
+                self.stats["link_bytes_sent"] += len(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.shutdown(GOING_AWAY, f"write failed: {exc!r}")
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def run(self, read: Reader) -> None:
+        """Read and dispatch frames until the connection ends; then close the link."""
+        reason = "connection closed"
+        code = GOING_AWAY
+        try:
+            while True:
+                data = await read()
+                if data is None:
+                    break
+                self.stats["link_frames_received"] += 1
+                self.stats["link_bytes_received"] += len(data)
+                try:
+                    self._receive(data)
+                except FrameError as exc:
+                    self.stats["link_protocol_errors"] += 1
+                    log.warning("link %s: protocol error, closing: %s", self, exc)
+                    reason, code = f"protocol error: {exc}", PROTOCOL_ERROR
+                    break
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except Exception as exc:
+            reason = f"read failed: {exc!r}"
+        finally:
+            await self.shutdown(code, reason)
+
+    def _receive(self, data: bytes) -> None:
+        kind, stream_id, payload = open_frame(self._recv_key, data, self._recv_seq + 1)
+        self._recv_seq += 1
+        if stream_id == 0:
+            callback = self._dispatcher.callbacks.get(kind)
+            if callback is None:
+                raise FrameError(f"{kind.name} frame without a stream")
+            try:
+                callback(self, payload)
+            except FrameError:
+                raise
+            except Exception:
+                log.exception("link %s: %s frame handler failed", self, kind.name)
+            return
+        if kind in OPENING:
+            if self.dialler:
+                raise FrameError(f"{kind.name} from the accepting end")
+            handler = self._dispatcher.handlers.get(kind)
+            if handler is None or stream_id in self.streams:
+                raise FrameError(f"unexpected {kind.name} on stream {stream_id}")
+            stream = Stream(self, stream_id)
+            self.streams[stream_id] = stream
+            task = asyncio.ensure_future(self._serve(handler, stream, payload))
+            self._tasks[stream_id] = task
+            task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
+            return
+        if kind is FrameType.CANCEL:
+            # the forwarder's client left: stop the request (an orphaned long-poll must not
+            # take packets that nobody will read)
+            running = self._tasks.get(stream_id) if not self.dialler else None
+            if running is not None:
+                running.cancel()
+            return
+        existing = self.streams.get(stream_id)
+        if existing is not None:
+            existing.push(kind, payload)
+        # else: the exchange ended on this side already (timed out, cancelled): drop it
+
+    async def _serve(self, handler: StreamHandler, stream: Stream, payload: bytes) -> None:
+        try:
+            await handler(self, stream, payload)
+        except FrameError as exc:
+            self.stats["link_protocol_errors"] += 1
+            log.warning("link %s: bad stream %d: %s", self, stream.id, exc)
+        except (LinkClosed, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("link %s: stream %d handler failed", self, stream.id)
+        finally:
+            stream.close()
+
+    # -- closing --------------------------------------------------------------------------------
+
+    async def shutdown(self, code: int = GOING_AWAY, reason: str = "closed") -> None:
+        """Close the link: fail its streams, cancel its handler tasks, close the connection."""
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        error = LinkClosed(f"link {self} closed: {reason}")
+        for stream in list(self.streams.values()):
+            stream.fail(error)
+        self.streams.clear()
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._out.clear()
+        self._buffered = 0
+        current = asyncio.current_task()
+        if self._writer is not current:
+            self._writer.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._close(code), 1.0)
+        log.debug("link %s closed: %s", self, reason)
+
+    def stream_count(self) -> int:
+        return len(self.streams)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "peer": self.peer,
+            "kind": self.kind,
+            "dialled": self.dialler,
+            "streams": len(self.streams),
+            "buffered": self._buffered,
+        }
