@@ -14,8 +14,8 @@ caller answer the client's 400 at once. If the link breaks, or the owner does no
 the bound, after the request was queued, :class:`OwnerLost` is raised: the owner may have
 consumed it, so the caller answers an error the Engine.IO clients treat as a lost session (they
 reconnect); a duplicate packet can never reach the app. When the link that carried a forwarded
-request closes, the owner cancels that request at once, so an orphaned long-poll cannot take
-packets that nobody will read.
+request closes (or its forwarder's client leaves), the owner's pending long-poll returns at once
+without taking packets (:mod:`siomesh.orphans`), so it cannot take packets nobody will read.
 
 What is kept and changed on the way (python-engineio's quirks, see design.md): ``Host``,
 ``Origin``, cookies and every end-to-end header are kept; hop-by-hop headers are dropped (the
@@ -49,6 +49,7 @@ from .links.frames import (
 )
 from .links.link import Link, LinkClosed, Stream
 from .links.pool import LinkPool, LinkUnavailable
+from .orphans import ORPHANED
 
 __all__ = [
     "FORWARDED_BY",
@@ -346,11 +347,19 @@ class ForwardedServer:
     :meth:`serve_request` and :meth:`serve_websocket` with the link pool's dispatcher.
     """
 
-    def __init__(self, app: App, *, send_timeout: float, stats: dict[str, int]) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        send_timeout: float,
+        stats: dict[str, int],
+        on_lost: Callable[[Scope], Awaitable[None]],
+    ) -> None:
         self._app = app
+        self._on_lost = on_lost
         self._send_timeout = send_timeout
         self.stats = stats
-        for key in ("forwarded_in", "relayed_in"):
+        for key in ("forwarded_in", "relayed_in", "forward_answers_lost"):
             stats.setdefault(key, 0)
 
     async def serve_request(self, link: Link, stream: Stream, payload: bytes) -> None:
@@ -365,14 +374,13 @@ class ForwardedServer:
         delivered = False
         start: Message | None = None
         chunks: list[bytes] = []
-        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def receive() -> Message:
             nonlocal delivered
             if not delivered:
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await never  # cancelled with the request (CANCEL frame, link closed)
+            await stream.ended.wait()  # the forwarder cancelled, or the link closed
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
@@ -389,7 +397,16 @@ class ForwardedServer:
                         FrameType.RESPONSE, encode_meta_body(response.to_wire(), b"".join(chunks))
                     )
 
-        await self._app(scope, receive, send)
+        token = ORPHANED.set(stream.ended)
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            ORPHANED.reset(token)
+        if stream.failed and start is not None and int(start["status"]) == 200 and any(chunks):
+            # Answered in the instant the forwarder went away: the packets in this answer
+            # reached nobody. Say so, and let the session's client learn it.
+            self.stats["forward_answers_lost"] += 1
+            await self._on_lost(scope)
 
     async def serve_websocket(self, link: Link, stream: Stream, payload: bytes) -> None:
         raw_meta, _ = decode_meta_body(payload)

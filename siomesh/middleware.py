@@ -46,6 +46,7 @@ from .forward import (
 from .links.frames import FrameType
 from .links.pool import LinkPool
 from .metrics import MeshCollector, render
+from .orphans import guard_poll
 from .routing import Action, decide
 from .runtime.gossip import GossipRuntime, TrackedSockets
 from .sid import SidKeys, generation_tag, make_sid, node_tag
@@ -168,7 +169,10 @@ class SioMesh:
             stats=self.stats,
         )
         self.forwarded = ForwardedServer(
-            self._serve_forwarded, send_timeout=poll_timeout, stats=self.stats
+            self._serve_forwarded,
+            send_timeout=poll_timeout,
+            stats=self.stats,
+            on_lost=self._answer_lost,
         )
         self.links.dispatcher.serve(FrameType.REQUEST, self.forwarded.serve_request)
         self.links.dispatcher.serve(FrameType.WS_OPEN, self.forwarded.serve_websocket)
@@ -184,15 +188,19 @@ class SioMesh:
             sessions=lambda: len(self._local_sids),
         )
         self.gossip: GossipRuntime | None = None
+        added: list[Callable[[str, Any], None]] = [lambda _, socket: guard_poll(socket)]
+        removed: list[Callable[[str], None]] = []
         if gossip:
             runtime = GossipRuntime(self)
             self.gossip = runtime
             self.cluster = runtime.cluster
-            tracked = TrackedSockets(eio.sockets, runtime.sid_added, runtime.sid_removed)
-            eio.sockets = tracked
-            self._local_sids = tracked
+            added.append(lambda sid, _: runtime.sid_added(sid))
+            removed.append(runtime.sid_removed)
             self.on_startup(self._start_gossip)
             self.on_shutdown(runtime.stop)
+        tracked = TrackedSockets(eio.sockets, added, removed)
+        eio.sockets = tracked
+        self._local_sids = tracked
         from .adapter import MeshManager, install_adapter
 
         self.adapter: MeshManager | None = install_adapter(self) if adapter else None
@@ -341,6 +349,16 @@ class SioMesh:
             await send(message)
 
         return tagged
+
+    async def _answer_lost(self, scope: Scope) -> None:
+        sid = _sid_of(scope.get("query_string", b""))
+        log.warning(
+            "a forwarded poll of session %s was answered as its forwarder went away: its "
+            "packets reached nobody, closing the session so that the client reconnects",
+            sid,
+        )
+        if sid is not None and sid in self._local_sids:
+            await self.engine.eio.disconnect(sid)
 
     async def _serve_forwarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request that a peer forwarded over a link: served here, never forwarded again."""

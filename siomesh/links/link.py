@@ -12,9 +12,9 @@ Contract:
   stream; frames that open a stream (request, WebSocket open, call: only the dialler may send
   them) start a handler task; other frames go to the per-type callbacks of the
   :class:`Dispatcher`. Callbacks run on the reader's task: they must not block.
-* When a link closes, every stream on it fails (:class:`LinkClosed`) and every handler task it
-  started is cancelled (an owner drops a forwarded long-poll whose forwarder is gone, so the
-  poll cannot take packets nobody will read).
+* When a link closes, every stream on it fails (:class:`LinkClosed`, ``Stream.ended``); the
+  handlers it started see that and finish on their own (a forwarded long-poll returns without
+  taking packets, see :mod:`siomesh.orphans`), they are cancelled only when the node stops.
 * :class:`Stream` delivers its frames in order; WebSocket streams use credit (``WINDOW``
   frames, HTTP/2 style) so that a slow reader holds back only its own stream.
 
@@ -82,6 +82,7 @@ class Stream:
         "_ready",
         "consumed",
         "credit",
+        "ended",
         "id",
         "link",
     )
@@ -95,6 +96,8 @@ class Stream:
         self._items: deque[tuple[FrameType, bytes]] = deque()
         self._ready = asyncio.Event()
         self._error: BaseException | None = None
+        #: set when the stream fails: its link closed, or (acceptor side) the dialler cancelled
+        self.ended = asyncio.Event()
         self.credit = Stream.WINDOW  # bytes we may still send
         self.consumed = 0  # bytes received and consumed, not yet acknowledged by WINDOW
         self._credit_event = asyncio.Event()
@@ -111,6 +114,7 @@ class Stream:
     def fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
+        self.ended.set()
         self._ready.set()
         self._credit_event.set()
 
@@ -312,11 +316,11 @@ class Link:
             task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
             return
         if kind is FrameType.CANCEL:
-            # the forwarder's client left: stop the request (an orphaned long-poll must not
-            # take packets that nobody will read)
-            running = self._tasks.get(stream_id) if not self.dialler else None
-            if running is not None:
-                running.cancel()
+            # the forwarder's client left: the request is orphaned (its handler sees
+            # ``stream.ended``; see siomesh.orphans)
+            cancelled = self.streams.get(stream_id) if not self.dialler else None
+            if cancelled is not None:
+                cancelled.fail(LinkClosed("cancelled by the forwarding node"))
             return
         existing = self.streams.get(stream_id)
         if existing is not None:
@@ -338,8 +342,11 @@ class Link:
 
     # -- closing --------------------------------------------------------------------------------
 
-    async def shutdown(self, code: int = GOING_AWAY, reason: str = "closed") -> None:
-        """Close the link: fail its streams, cancel its handler tasks, close the connection."""
+    async def shutdown(
+        self, code: int = GOING_AWAY, reason: str = "closed", *, cancel_handlers: bool = False
+    ) -> None:
+        """Close the link: fail its streams (and cancel their handler tasks if asked), close
+        the connection."""
         if self.closed.is_set():
             return
         self.close_reason = reason
@@ -348,8 +355,9 @@ class Link:
         for stream in list(self.streams.values()):
             stream.fail(error)
         self.streams.clear()
-        for task in list(self._tasks.values()):
-            task.cancel()
+        if cancel_handlers:
+            for task in list(self._tasks.values()):
+                task.cancel()
         self._out.clear()
         self._buffered = 0
         current = asyncio.current_task()

@@ -427,7 +427,8 @@ class LinkPool:
             future.cancel()
         links = [*self._out.values(), *self._inbound]
         await asyncio.gather(
-            *(link.shutdown(reason="node stopping") for link in links), return_exceptions=True
+            *(link.shutdown(reason="node stopping", cancel_handlers=True) for link in links),
+            return_exceptions=True,
         )
         for task in list(self._tasks):
             task.cancel()

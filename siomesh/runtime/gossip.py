@@ -58,28 +58,34 @@ class TrackedSockets(dict[str, Any]):
     def __init__(
         self,
         initial: dict[str, Any],
-        on_add: Callable[[str], None],
-        on_remove: Callable[[str], None],
+        on_add: list[Callable[[str, Any], None]],
+        on_remove: list[Callable[[str], None]],
     ) -> None:
         super().__init__(initial)
         self._on_add = on_add
         self._on_remove = on_remove
+        for key, value in initial.items():
+            for hook in on_add:
+                hook(key, value)
 
     def __setitem__(self, key: str, value: Any) -> None:
         new = key not in self
         super().__setitem__(key, value)
         if new:
-            self._on_add(key)
+            for hook in self._on_add:
+                hook(key, value)
 
     def __delitem__(self, key: str) -> None:
         super().__delitem__(key)
-        self._on_remove(key)
+        for hook in self._on_remove:
+            hook(key)
 
     def pop(self, key: str, *default: Any) -> Any:
         present = key in self
         value = super().pop(key, *default)
         if present:
-            self._on_remove(key)
+            for hook in self._on_remove:
+                hook(key)
         return value
 
 
