@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from .workers import WorkerPlan, plan_workers, supervise
+from .workers import WorkerPlan, app_problem, plan_workers, port_problem, supervise
 
 __all__ = ["main"]
 
@@ -117,20 +117,37 @@ def _announce(plan: WorkerPlan, *, demo: bool) -> None:
         print(f"Open http://{host}:{plan.port}/ in two browser tabs. Ctrl-C stops.", flush=True)
 
 
-def _check_app(spec: str) -> str | None:
-    """Import the app once in the supervisor, so a typo fails at once with one line instead of
-    N workers crashing in a restart loop. Returns the error, or None."""
+def _check_config(plan: WorkerPlan) -> str | None:
+    """Validate the settings a worker will get, so that a bad secret or ``SIOMESH_*`` value
+    fails once, here, instead of in every worker's restart loop."""
+    import os
+
+    from .config import ConfigError, MeshConfig
+
+    try:
+        MeshConfig.build({**os.environ, **plan.env(0)})
+    except ConfigError as exc:
+        if "secret" in str(exc):
+            return f"{exc} (or give no --secret and no SIOMESH_SECRET: a random one is made)"
+        return str(exc)
+    return None
+
+
+def _check_app(spec: str, plan: WorkerPlan) -> str | None:
+    """Import the app once in the supervisor, with worker 0's settings, so that a typo or an
+    object that is not an ASGI app fails at once with one line instead of N workers crashing
+    in a restart loop. Returns the error, or None."""
     import os
 
     from .workers import load_app
 
-    # Importing builds the app, and SioMesh(app) needs its settings: give it throwaway ones.
-    saved = {k: os.environ.get(k) for k in ("SIOMESH_NODE_URL", "SIOMESH_SECRET")}
-    os.environ.setdefault("SIOMESH_NODE_URL", "http://127.0.0.1:9")
-    os.environ.setdefault("SIOMESH_SECRET", "siomesh-supervisor-import-check")
+    # Importing builds the app, and SioMesh(app) may run then: give it a worker's settings.
+    env = plan.env(0)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        load_app(spec)
-    except ValueError as exc:
+        return app_problem(load_app(spec), spec)
+    except ValueError as exc:  # load_app's errors and ConfigError: each names its fix
         return str(exc)
     except Exception as exc:
         return f"importing {spec} failed: {type(exc).__name__}: {exc}"
@@ -140,14 +157,9 @@ def _check_app(spec: str) -> str | None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return None
 
 
 def _run(args: argparse.Namespace, app: str, *, demo: bool) -> int:
-    error = _check_app(app)
-    if error is not None:
-        print(f"siomesh: {error}", file=sys.stderr)
-        return 1
     try:
         plan = plan_workers(
             app,
@@ -157,6 +169,15 @@ def _run(args: argparse.Namespace, app: str, *, demo: bool) -> int:
             private_base=args.private_port_base,
             secret=args.secret,
         )
+    except OSError as exc:
+        print(f"siomesh: cannot listen on {args.host}: {exc}", file=sys.stderr)
+        return 1
+    # Cheapest first; each names the problem and its fix in one line.
+    error = _check_config(plan) or port_problem(plan) or _check_app(app, plan)
+    if error is not None:
+        print(f"siomesh: {error}", file=sys.stderr)
+        return 1
+    try:
         return supervise(plan, log_level=args.log_level, on_ready=lambda p: _announce(p, demo=demo))
     except OSError as exc:
         print(f"siomesh: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)

@@ -109,7 +109,7 @@ class SioMesh:
         *,
         node_url: str | None = None,
         peers: list[str] | tuple[str, ...] | str | None = None,
-        secret: str | None = None,
+        secret: str | bytes | None = None,
         server: Any = None,
         engineio_path: str | None = None,
         env: Mapping[str, str] | None = None,

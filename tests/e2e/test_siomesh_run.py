@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -201,3 +202,105 @@ def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
             with socket.socket() as sock:
                 sock.settimeout(1)
                 assert sock.connect_ex((LOOPBACK, port)) != 0, f"{url} still accepts"
+
+
+NOT_ASGI = """
+import socketio
+
+sio = socketio.AsyncServer(async_mode="asgi")
+sync_sio = socketio.Server()
+wsgi = socketio.WSGIApp(sync_sio)
+
+
+def flask_like(environ, start_response):
+    return []
+
+
+async def no_server(scope, receive, send):
+    pass
+"""
+
+
+def test_an_object_that_is_not_an_asgi_app_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "notasgi.py").write_text(NOT_ASGI)
+    cases = {
+        "notasgi:sio": ("is a socketio.AsyncServer", "socketio.ASGIApp(sio)"),
+        "notasgi:sync_sio": ("synchronous socketio.Server", "async_mode='asgi'"),
+        "notasgi:wsgi": ("is a WSGI app", "socketio.ASGIApp(sio)"),
+        "notasgi:flask_like": ("looks like a WSGI app", "socketio.ASGIApp(sio)"),
+        "notasgi:no_server": ("no python-socketio server found", "server=sio"),
+    }
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    started = time.monotonic()
+    try:
+        for spec in cases:
+            err = tmp_path / f"{spec.replace(':', '_')}.err"
+            with err.open("wb") as sink:
+                procs[spec] = (
+                    subprocess.Popen(
+                        siomesh_cmd("run", spec, "--workers", "2", "--port", str(free_port())),
+                        cwd=REPO,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=sink,
+                        start_new_session=True,
+                    ),
+                    err,
+                )
+        for spec, (proc, _) in procs.items():
+            try:
+                proc.wait(timeout=max(1.0, 60 - (time.monotonic() - started)))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"siomesh run {spec} still running after 60 s")
+    finally:
+        for proc, _ in procs.values():
+            stop_process(proc)
+    # Refused by the supervisor before any worker starts: no restart loop.
+    assert time.monotonic() - started < 20
+    for spec, (problem, fix) in cases.items():
+        proc, err = procs[spec]
+        lines = err.read_text(errors="replace").strip().splitlines()
+        assert proc.returncode == 1, f"{spec}: {proc.returncode} {lines}"
+        assert len(lines) == 1, f"{spec}: one line expected, got {lines}"
+        assert lines[0].startswith(f"siomesh: {spec}"), lines
+        assert problem in lines[0] and fix in lines[0], lines[0]
+
+
+def test_a_port_served_by_another_cluster_is_refused(echo_cluster: Cluster) -> None:
+    port = str(echo_cluster.port)
+    for command in (["run", ECHO_APP, "--workers", "1"], ["demo", "--workers", "1"]):
+        result = run_cli(*command, "--port", port, "--host", LOOPBACK)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1, result.stderr
+        assert len(lines) == 1, lines
+        assert f"{echo_cluster.url}/ is already served by another siomesh cluster" in lines[0]
+        assert "--port" in lines[0]
+        assert "worker 0:" not in result.stdout
+    # The running cluster is undisturbed: all of its workers still serve the port.
+    assert echo_cluster.proc.poll() is None
+    assert mesh_stats(echo_cluster)
+
+
+def test_a_port_used_by_another_process_is_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind((LOOPBACK, 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = run_cli("run", ECHO_APP, "--port", str(port), "--host", LOOPBACK)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        f"siomesh: port {port} on {LOOPBACK} is already in use by another process: stop it, "
+        "or choose another --port"
+    )
+
+
+def test_a_placeholder_secret_is_refused_before_any_worker_starts() -> None:
+    secret = "change-me-to-32-random-bytes-base64url"  # examples/kubernetes/siomesh.yaml
+    result = run_cli("run", ECHO_APP, "--secret", secret, "--port", str(free_port()))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1, lines
+    assert "secret looks like a placeholder" in lines[0]
+    assert "token_urlsafe" in lines[0]

@@ -14,13 +14,13 @@ def test_env_is_read() -> None:
             "SIOMESH_PEERS": "http://127.0.0.1:8001, http://127.0.0.1:8002/",
             "SIOMESH_SECRET": SECRET,
             "SIOMESH_CONNECT_TIMEOUT": "0.5",
-            "SIOMESH_POOL_SIZE": "7",
+            "SIOMESH_MAX_BODY_BYTES": "7",
         }
     )
     assert cfg.node_url == "http://127.0.0.1:8001"
     assert cfg.peers == ("http://127.0.0.1:8001", "http://127.0.0.1:8002")
     assert cfg.connect_timeout == 0.5
-    assert cfg.pool_size == 7
+    assert cfg.max_body_bytes == 7
 
 
 def test_arguments_beat_env() -> None:
@@ -71,3 +71,89 @@ def test_dns_peers_only_for_peers() -> None:
     assert cfg.peers == ("dns+http://svc:8000",)
     with pytest.raises(ConfigError, match="only for peers"):
         MeshConfig.build({}, node_url="dns+http://a:1", secret=SECRET)
+
+
+def test_secret_as_bytes_is_accepted() -> None:
+    cfg = MeshConfig.build({}, node_url="http://a:1", secret=SECRET.encode())
+    assert cfg.secret == SECRET
+    assert isinstance(cfg.secret, str)
+
+
+def test_secret_bytes_that_are_not_utf8_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"not UTF-8.*urlsafe_b64encode"):
+        MeshConfig.build({}, node_url="http://a:1", secret=b"\xff\xfe" + bytes(range(20)))
+
+
+def test_secret_of_another_type_is_refused() -> None:
+    with pytest.raises(ConfigError, match="must be a str"):
+        MeshConfig.build({}, node_url="http://a:1", secret=12345678901234567890)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "change-me-to-32-random-bytes-base64url",  # examples/kubernetes/siomesh.yaml
+        "CHANGEME-CHANGEME-CHANGEME",
+        "please-change-it-now-0123456789",
+        "replace-me-with-a-random-value",
+        "<placeholder-for-the-cluster-secret>",
+        "your-secret-here-0123456789",
+        "xxxxxxxxxxxxxxxxxxxxxxxx",
+        "XXXX-XXXX-XXXX-XXXX",
+        "secretsecretsecret",
+        "my-super-secret-key",
+        "siomesh-cluster-secret",
+        "0000000000000000",
+        "abababababababababab",
+    ],
+)
+def test_placeholder_secrets_are_refused_naming_the_fix(secret: str) -> None:
+    with pytest.raises(ConfigError, match=r"placeholder.*SIOMESH_SECRET.*token_urlsafe"):
+        MeshConfig.build({}, node_url="http://a:1", secret=secret)
+    with pytest.raises(ConfigError, match="placeholder"):
+        MeshConfig.build({"SIOMESH_NODE_URL": "http://a:1", "SIOMESH_SECRET": secret})
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        SECRET,
+        # The secrets of the test suite and of `siomesh run`'s import check stay accepted.
+        "integration-test-secret-0123456789",
+        "adapter-test-secret-0123456789",
+        "siomesh-supervisor-import-check",
+        "Tr0ub4dor&3-correct-horse-battery",
+    ],
+)
+def test_real_secrets_are_accepted(secret: str) -> None:
+    assert MeshConfig.build({}, node_url="http://a:1", secret=secret).secret == secret
+
+
+def test_random_secrets_are_never_placeholders() -> None:
+    import secrets
+
+    for _ in range(500):
+        for value in (secrets.token_urlsafe(32), secrets.token_hex(16)):
+            MeshConfig.build({}, node_url="http://a:1", secret=value)
+
+
+@pytest.mark.parametrize(
+    "node_url",
+    [
+        "http://0.0.0.0:8000",
+        "0.0.0.0:8000",
+        "https://0.0.0.0",
+        "http://[::]:8000",
+        "http://[0:0:0:0:0:0:0:0]:8000",
+    ],
+)
+def test_wildcard_node_url_is_refused(node_url: str) -> None:
+    with pytest.raises(ConfigError, match=r"wildcard address.*address peers reach this node at"):
+        MeshConfig.build({}, node_url=node_url, secret=SECRET)
+    with pytest.raises(ConfigError, match="wildcard"):
+        MeshConfig.build({"SIOMESH_NODE_URL": node_url, "SIOMESH_SECRET": SECRET})
+
+
+def test_specific_addresses_are_fine_for_node_url() -> None:
+    for url in ("http://127.0.0.1:8000", "http://[::1]:8000", "http://10.0.0.1:8000", "http://a:1"):
+        MeshConfig.build({}, node_url=url, secret=SECRET)
