@@ -17,19 +17,27 @@ from prometheus_client.registry import Collector
 
 __all__ = ["MeshCollector", "render"]
 
-_COUNTERS = {
-    "forwarded": ("siomesh_forwarded_requests", "Engine.IO requests forwarded to their owner"),
-    "forward_errors": (
-        "siomesh_forward_errors",
-        "forwards that failed (owner unreachable); answered 400",
-    ),
-    "rejected": ("siomesh_rejected_requests", "requests answered 400 without a hop"),
-    "peer_requests": ("siomesh_peer_requests", "verified peer messages received"),
-    "peer_rejected": ("siomesh_peer_rejected", "peer messages refused: bad or no signature"),
-    "gossip_messages_sent": ("siomesh_gossip_messages_sent", "gossip messages sent"),
-    "gossip_messages_received": ("siomesh_gossip_messages_received", "gossip messages received"),
-    "gossip_bytes_sent": ("siomesh_gossip_bytes_sent", "gossip bytes sent"),
-    "gossip_bytes_received": ("siomesh_gossip_bytes_received", "gossip bytes received"),
+#: Help text of the counters users look at first; every other counter is exported too, as
+#: ``siomesh_<name>``, with a generic help text (status and metrics always show the same set).
+_HELP = {
+    "forwarded": "Engine.IO requests forwarded to their owner",
+    "forward_errors": "forwards that failed (owner unreachable or lost); answered 400",
+    "forward_lost": "forwards sent whose owner never answered (link broke, or timeout)",
+    "rejected": "requests answered 400 without a hop",
+    "forwarded_in": "requests forwarded to this node by peers and served here",
+    "forward_answers_lost": "forwarded polls answered as their forwarder went away",
+    "links_refused": "peer link offers refused (bad signature, recipient, time or nonce)",
+    "link_protocol_errors": "peer links closed on a protocol error (bad MAC, replay, garbage)",
+    "link_dial_failures": "peer links that could not be dialled",
+    "gossip_dropped": "gossip messages dropped because no link could take them",
+    "adapter_gap_messages": "adapter messages that could not be delivered (clients resynced)",
+    "adapter_resync_disconnects": "clients disconnected because adapter messages were lost",
+}
+#: Values that go up and down (open now), exported as gauges.
+_GAUGES = {
+    "relayed_websockets": "WebSockets this node relays for another owner, open now",
+    "links_open": "peer links open now (both directions)",
+    "adapter_queued": "adapter messages waiting for a peer's acknowledgement",
 }
 
 
@@ -51,8 +59,13 @@ class MeshCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
-        for key, (name, help_text) in _COUNTERS.items():
-            yield CounterMetricFamily(name, help_text, value=stats.get(key, 0))
+        for key in sorted(stats):
+            value = stats[key]
+            if key in _GAUGES:
+                yield GaugeMetricFamily(f"siomesh_{key}", _GAUGES[key], value=value)
+            else:
+                help_text = _HELP.get(key, key.replace("_", " "))
+                yield CounterMetricFamily(f"siomesh_{key}", help_text, value=value)
         members = GaugeMetricFamily("siomesh_members", "cluster members by state", labels=["state"])
         for state, count in sorted(self._members().items()):
             members.add_metric([state], count)

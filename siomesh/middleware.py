@@ -182,7 +182,7 @@ class SioMesh:
         self._mesh_prefix = self.config.mesh_path + "/"
         self._link_path = self.config.mesh_path + "/link"
         self._collector = MeshCollector(
-            stats=lambda: self.stats,
+            stats=self.all_stats,
             members=self._member_counts,
             directory=self._directory_sizes,
             sessions=lambda: len(self._local_sids),
@@ -463,6 +463,21 @@ class SioMesh:
             return result
         return {self.config.node_url: len(self._local_sids)}
 
+    def all_stats(self) -> dict[str, int]:
+        """Every counter of this node (forwarding, links, gossip, adapter): what status shows
+        under ``stats`` and metrics export as ``siomesh_<name>``."""
+        stats = dict(self.stats)
+        stats["links_open"] = self.links.open_links()
+        adapter = self.adapter
+        if adapter is not None:
+            for key, value in adapter.stats.items():
+                stats[f"adapter_{key}"] = value
+            for channel in adapter.link_stats().values():
+                for key, value in channel.items():
+                    stats[f"adapter_{key}"] = stats.get(f"adapter_{key}", 0) + value
+            stats["adapter_queued"] = sum(adapter.queue_sizes().values())
+        return stats
+
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot of this node, for introspection and ``siomesh status``."""
         return {
@@ -471,7 +486,7 @@ class SioMesh:
             "generation": self.generation,
             "state": self.state,
             "sessions": len(self._local_sids),
-            "stats": dict(self.stats),
+            "stats": self.all_stats(),
             "members": self._members_status(),
             "directory": self._directory_sizes(),
             "links": self.links.peer_links(),
