@@ -160,10 +160,15 @@ class MeshConfig:
     #: WebSocket ping interval on the links this node dials; a peer that does not answer
     #: within half of it (a frozen or cut-off node) has its link closed, which fails only the
     #: exchanges in flight with that peer.
-    link_heartbeat: float = 5.0
+    link_heartbeat: float = 10.0
     #: Bound on the bytes queued for sending on one link; beyond it a forward is refused
     #: (answered as an unreachable owner) and adapter messages wait in their own bounded queue.
     link_buffer_bytes: int = 64 << 20
+    #: PEM file of the certificate authority that signed the peers' certificates, for
+    #: ``https://`` node URLs under a private CA (links then verify peers against it; without
+    #: it, the system's trust store is used). Peers are always verified: there is no option to
+    #: turn verification off.
+    peer_ca_file: str | None = None
 
     @classmethod
     def build(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> MeshConfig:
@@ -230,6 +235,8 @@ class MeshConfig:
             raise ConfigError("max_body_bytes must be > 0")
         if self.room_routing not in ("all", "directory"):
             raise ConfigError("room_routing must be 'all' or 'directory'")
+        if self.peer_ca_file is not None and not os.path.isfile(self.peer_ca_file):
+            raise ConfigError(f"peer_ca_file: {self.peer_ca_file!r} is not a readable file")
         if self.link_buffer_bytes < 1 << 20:
             raise ConfigError("link_buffer_bytes must be at least 1 MiB (1048576)")
 

@@ -216,25 +216,17 @@ class Forwarder:
         try:
             if not stream.send(FrameType.REQUEST, encode_meta_body(meta.to_wire(), body)):
                 raise OwnerUnreachable(f"{target}: link closed or full, request not sent")
-            long_poll = scope.get("method") == "GET"
-            timeout = self._poll_timeout if long_poll else self._request_timeout
-            answer: asyncio.Future[tuple[FrameType, bytes]] = asyncio.ensure_future(
-                stream.next(timeout)
-            )
-            # The body is read: the only message receive() can still give is a disconnect.
-            left = asyncio.ensure_future(receive())
             try:
-                await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (answer, left):
-                    if not task.done():
-                        task.cancel()
-            if not answer.done() or answer.cancelled():
-                stream.send(FrameType.CANCEL, b"")
-                self.stats["forward_cancelled"] += 1
-                return False
-            try:
-                kind, payload = answer.result()
+                if scope.get("method") == "GET":
+                    answer = await self._held_answer(stream, receive)
+                    if answer is None:
+                        stream.send(FrameType.CANCEL, b"")
+                        self.stats["forward_cancelled"] += 1
+                        return False
+                    kind, payload = answer
+                else:
+                    # the owner answers a POST at once: no need to watch the client meanwhile
+                    kind, payload = await stream.next(self._request_timeout)
             except (LinkClosed, asyncio.TimeoutError) as exc:
                 if isinstance(exc, asyncio.TimeoutError):
                     stream.send(FrameType.CANCEL, b"")
@@ -254,6 +246,24 @@ class Forwarder:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response_body})
         return True
+
+    async def _held_answer(
+        self, stream: Stream, receive: Receive
+    ) -> tuple[FrameType, bytes] | None:
+        """A long-poll's answer, or None when the client left first (it can be held up to
+        ``ping_interval + ping_timeout``, so the client's departure is watched)."""
+        answer = asyncio.ensure_future(stream.next(self._poll_timeout))
+        # The body is read: the only message receive() can still give is a disconnect.
+        left = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (answer, left):
+                if not task.done():
+                    task.cancel()
+        if not answer.done() or answer.cancelled():
+            return None
+        return answer.result()
 
     async def forward_websocket(
         self, scope: Scope, receive: Receive, send: Send, target: str

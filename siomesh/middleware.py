@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import secrets
+import ssl
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -160,6 +161,11 @@ class SioMesh:
             window=self.config.signature_window,
             max_buffer=self.config.link_buffer_bytes,
             max_frame=max(self.max_body * 2, 16 << 20),
+            ssl_context=(
+                ssl.create_default_context(cafile=self.config.peer_ca_file)
+                if self.config.peer_ca_file
+                else None
+            ),
             stats=self.stats,
         )
         self.forwarder = Forwarder(
