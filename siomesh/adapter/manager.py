@@ -41,7 +41,7 @@ from .channel import LinkSettings, PeerChannel, Targets
 from .wire import DedupWindow, WireError, encode_message, pack, unpack
 
 if TYPE_CHECKING:
-    from ..middleware import SioMesh
+    from ..seams import NodeContext
 
 __all__ = [
     "MeshManager",
@@ -137,7 +137,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
 
     def __init__(
         self,
-        mesh: SioMesh,
+        mesh: NodeContext,
         *,
         settings: LinkSettings | None = None,
         flush_timeout: float = 1.0,
@@ -849,7 +849,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         return json.dumps(reply, separators=(",", ":")).encode()
 
 
-def install_adapter(mesh: SioMesh, **options: Any) -> MeshManager | None:
+def install_adapter(mesh: NodeContext, **options: Any) -> MeshManager | None:
     """Install a :class:`MeshManager` on the mesh's Socket.IO server and return it.
 
     Only a server still using python-socketio's default in-memory ``socketio.AsyncManager`` is
@@ -857,7 +857,7 @@ def install_adapter(mesh: SioMesh, **options: Any) -> MeshManager | None:
     (``None`` is returned) and the mesh still forwards its requests. ``options`` go to
     :class:`MeshManager`.
     """
-    sio = mesh.engine.sio
+    sio = mesh.server
     if sio is None:
         log.info("no python-socketio server: the siomesh adapter is not installed")
         return None

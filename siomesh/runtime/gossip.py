@@ -38,7 +38,7 @@ from ..protocol.node import Node, Outbound
 from ..sid import SidKeys, generation_tag, node_tag
 
 if TYPE_CHECKING:
-    from ..middleware import SioMesh
+    from ..seams import NodeContext
 
 __all__ = ["GossipCluster", "GossipRuntime", "TrackedSockets"]
 
@@ -205,7 +205,7 @@ class GossipCluster:
 class GossipRuntime:
     """Owns the :class:`Node`, its timer task and its transport (see the module docstring)."""
 
-    def __init__(self, mesh: SioMesh, config: GossipConfig | None = None) -> None:
+    def __init__(self, mesh: NodeContext, config: GossipConfig | None = None) -> None:
         self.mesh = mesh
         self.config = config or GossipConfig.lan()
         url = mesh.config.node_url

@@ -1,0 +1,305 @@
+"""MeshNode: one siomesh node, composed of its parts; the middleware only routes ASGI scopes.
+
+A node owns, and wires together through narrow interfaces:
+
+* its configuration (:class:`~siomesh.config.MeshConfig`), identity (generation, sid keys and
+  tags) and counters (``stats``, plain ints read by status and metrics at scrape time);
+* the Engine.IO/Socket.IO server it serves (found in the wrapped app), whose ``generate_id``
+  it replaces (self-routing sids) and whose ``sockets`` dict it tracks;
+* its peer links (:class:`~siomesh.links.pool.LinkPool`), the forwarding ends
+  (:class:`~siomesh.forward.Forwarder`, :class:`~siomesh.forward.ForwardedServer`), the gossip
+  runtime (membership and directory; it provides the live cluster view) and the adapter
+  (:class:`~siomesh.adapter.MeshManager`). Gossip and the adapter see the node only through
+  :class:`siomesh.seams.NodeContext`.
+
+Lifecycle: :meth:`startup` (idempotent) runs the parts' startup hooks in order,
+:meth:`drain` turns health to 503, :meth:`shutdown` runs the shutdown hooks in reverse, then
+closes the links. Everything runs on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from .adapter import MeshManager, install_adapter
+from .cluster import ClusterView, StaticCluster
+from .config import MeshConfig
+from .discovery import EngineTarget, find_engine
+from .forward import ForwardedServer, Forwarder, Receive, Scope, Send
+from .links.frames import FrameType
+from .links.pool import LinkPool
+from .metrics import MeshCollector
+from .orphans import guard_poll
+from .runtime.gossip import GossipRuntime, TrackedSockets
+from .seams import Hook
+from .sid import SidKeys, generation_tag, make_sid, node_tag
+
+__all__ = ["MeshNode", "sid_of", "tagging_send"]
+
+log = logging.getLogger("siomesh")
+
+
+def sid_of(query_string: bytes) -> str | None:
+    """The ``sid`` query parameter, as python-engineio reads it (first value wins)."""
+    if b"sid=" not in query_string:
+        return None
+    values = urllib.parse.parse_qs(query_string.decode("latin-1")).get("sid")
+    return values[0] if values else None
+
+
+def tagging_send(send: Send, name: bytes, node_url: str) -> Send:
+    """Wrap ``send`` to add a debug header naming this node to the response."""
+    value = node_url.encode()
+
+    async def tagged(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [*message.get("headers", []), (name, value)]
+        await send(message)
+
+    return tagged
+
+
+class MeshNode:
+    """See the module docstring. Raises :class:`~siomesh.config.ConfigError` or
+    :class:`~siomesh.discovery.DiscoveryError` at construction for anything misconfigured."""
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        *,
+        node_url: str | None = None,
+        peers: list[str] | tuple[str, ...] | str | None = None,
+        secret: str | bytes | None = None,
+        server: Any = None,
+        engineio_path: str | None = None,
+        env: Mapping[str, str] | None = None,
+        adapter: bool = True,
+        gossip: bool = True,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.config = MeshConfig.build(
+            env, node_url=node_url, peers=peers, secret=secret, **options
+        )
+        self.engine: EngineTarget = find_engine(app, server, engineio_path)
+        #: This process's generation: later starts get larger numbers.
+        self.generation = time.time_ns()
+        self.keys = SidKeys.from_secret(self.config.secret)
+        self.node_tag = node_tag(self.keys, self.config.node_url)
+        self.generation_tag = generation_tag(self.keys, self.generation)
+        self.cluster: ClusterView = StaticCluster(
+            self.config.node_url, self.config.peers, self.keys
+        )
+        eio = self.engine.eio
+        self.local_sids: dict[str, Any] = eio.sockets
+        self.max_body = self.config.max_body_bytes or int(eio.max_http_buffer_size)
+        self._startup_hooks: list[Hook] = []
+        self._shutdown_hooks: list[Hook] = []
+        self._start_lock: asyncio.Lock | None = None
+        self.state = "starting"
+        self.stats: dict[str, int] = {
+            "forwarded": 0,
+            "forward_errors": 0,
+            "rejected": 0,
+        }
+        poll_timeout = (
+            float(eio.ping_interval)
+            + float(getattr(eio, "ping_interval_grace_period", 0))
+            + float(eio.ping_timeout)
+            + self.config.poll_grace
+        )
+        #: this node's peer links; gossip, the adapter and forwarding all talk through them
+        self.links = LinkPool(
+            node_url=self.config.node_url,
+            generation=self.generation,
+            secret=self.config.secret,
+            mesh_path=self.config.mesh_path,
+            connect_timeout=self.config.connect_timeout,
+            handshake_timeout=self.config.handshake_timeout,
+            heartbeat=self.config.link_heartbeat,
+            window=self.config.signature_window,
+            max_buffer=self.config.link_buffer_bytes,
+            max_frame=max(self.max_body * 2, 16 << 20),
+            ssl_context=(
+                ssl.create_default_context(cafile=self.config.peer_ca_file)
+                if self.config.peer_ca_file
+                else None
+            ),
+            stats=self.stats,
+        )
+        self.forwarder = Forwarder(
+            self.links,
+            poll_timeout=poll_timeout,
+            request_timeout=self.config.request_timeout,
+            stats=self.stats,
+        )
+        self.forwarded = ForwardedServer(
+            self._serve_forwarded,
+            send_timeout=poll_timeout,
+            stats=self.stats,
+            on_lost=self._answer_lost,
+        )
+        self.links.dispatcher.serve(FrameType.REQUEST, self.forwarded.serve_request)
+        self.links.dispatcher.serve(FrameType.WS_OPEN, self.forwarded.serve_websocket)
+        self._install_sid_generator()
+        self.collector = MeshCollector(
+            stats=self.all_stats,
+            members=self._member_counts,
+            directory=self._directory_sizes,
+            sessions=lambda: len(self.local_sids),
+        )
+        self.gossip: GossipRuntime | None = None
+        added: list[Callable[[str, Any], None]] = [lambda _, socket: guard_poll(socket)]
+        removed: list[Callable[[str], None]] = []
+        if gossip:
+            runtime = GossipRuntime(self)
+            self.gossip = runtime
+            self.cluster = runtime.cluster
+            added.append(lambda sid, _: runtime.sid_added(sid))
+            removed.append(runtime.sid_removed)
+            self.on_startup(self._start_gossip)
+            self.on_shutdown(runtime.stop)
+        tracked = TrackedSockets(eio.sockets, added, removed)
+        eio.sockets = tracked
+        self.local_sids = tracked
+        self.adapter: MeshManager | None = install_adapter(self) if adapter else None
+
+    # -- the NodeContext seam (siomesh.seams) ----------------------------------------------------
+
+    @property
+    def server(self) -> Any:
+        return self.engine.sio
+
+    def on_startup(self, hook: Hook) -> None:
+        """Run ``hook`` when the mesh starts (before the wrapped app's startup completes)."""
+        self._startup_hooks.append(hook)
+
+    def on_shutdown(self, hook: Hook) -> None:
+        """Run ``hook`` when the mesh stops (after the wrapped app's shutdown), in reverse order."""
+        self._shutdown_hooks.append(hook)
+
+    def make_sid(self) -> str:
+        """A fresh sid owned by this node (installed as the server's ``generate_id``)."""
+        return make_sid(self.keys, self.config.node_url, self.generation, secrets.token_bytes(12))
+
+    def _install_sid_generator(self) -> None:
+        # python-socketio takes its per-namespace sids from the same method, so they are
+        # self-routing too.
+        self.engine.eio.generate_id = self.make_sid
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start the mesh's background work; idempotent."""
+        if self.state != "starting":
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.state != "starting":
+                return
+            for hook in self._startup_hooks:
+                await hook()
+            self.state = "serving"
+            log.info("siomesh node %s serving (tag %s)", self.config.node_url, self.node_tag)
+
+    async def drain(self) -> None:
+        """Report 503 on the health endpoint from now on (the balancer stops sending)."""
+        if self.state == "serving":
+            self.state = "draining"
+
+    async def shutdown(self) -> None:
+        """Stop the background work; idempotent."""
+        if self.state == "stopped":
+            return
+        self.state = "stopped"
+        for hook in reversed(self._shutdown_hooks):
+            try:
+                await hook()
+            except Exception:
+                log.exception("siomesh shutdown hook failed")
+        await self.links.close()
+
+    async def _answer_lost(self, scope: Scope) -> None:
+        sid = sid_of(scope.get("query_string", b""))
+        log.warning(
+            "a forwarded poll of session %s was answered as its forwarder went away: its "
+            "packets reached nobody, closing the session so that the client reconnects",
+            sid,
+        )
+        if sid is not None and sid in self.local_sids:
+            await self.engine.eio.disconnect(sid)
+
+    async def _serve_forwarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request that a peer forwarded over a link: served here, never forwarded again."""
+        if self.config.served_by_header:
+            send = tagging_send(send, b"x-siomesh-served-by", self.config.node_url)
+        await self.app(scope, receive, send)
+
+    async def _start_gossip(self) -> None:
+        assert self.gossip is not None
+        sio = self.engine.sio
+        if sio is not None:
+            self.gossip.hook_manager(sio.manager)
+        await self.gossip.start()
+
+    def _member_counts(self) -> dict[str, int]:
+        counts = getattr(self.cluster, "member_counts", None)
+        if counts is not None:
+            result: dict[str, int] = counts()
+            return result
+        return {"alive": len(self.cluster.live_peers()) + 1}
+
+    def _directory_sizes(self) -> dict[str, int]:
+        sizes = getattr(self.cluster, "directory_sizes", None)
+        if sizes is not None:
+            result: dict[str, int] = sizes()
+            return result
+        return {self.config.node_url: len(self.local_sids)}
+
+    def all_stats(self) -> dict[str, int]:
+        """Every counter of this node (forwarding, links, gossip, adapter): what status shows
+        under ``stats`` and metrics export as ``siomesh_<name>``."""
+        stats = dict(self.stats)
+        stats["links_open"] = self.links.open_links()
+        adapter = self.adapter
+        if adapter is not None:
+            for key, value in adapter.stats.items():
+                stats[f"adapter_{key}"] = value
+            for channel in adapter.link_stats().values():
+                for key, value in channel.items():
+                    stats[f"adapter_{key}"] = stats.get(f"adapter_{key}", 0) + value
+            stats["adapter_queued"] = sum(adapter.queue_sizes().values())
+        return stats
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot of this node, for introspection and ``siomesh status``."""
+        return {
+            "node": self.config.node_url,
+            "tag": self.node_tag,
+            "generation": self.generation,
+            "state": self.state,
+            "sessions": len(self.local_sids),
+            "stats": self.all_stats(),
+            "members": self._members_status(),
+            "directory": self._directory_sizes(),
+            "links": self.links.peer_links(),
+            "relayed_websockets": self.stats.get("relayed_websockets", 0),
+        }
+
+    def _members_status(self) -> list[dict[str, Any]]:
+        describe = getattr(self.cluster, "members_status", None)
+        if describe is not None:
+            result: list[dict[str, Any]] = describe()
+            return result
+        return [
+            {"url": url, "state": "alive"} for url in sorted(getattr(self.cluster, "peer_urls", ()))
+        ]
