@@ -1,8 +1,15 @@
 """MeshConfig: every option of a siomesh node, validated once, readable from the environment.
 
-Every field has an environment variable ``SIOMESH_<FIELD NAME IN CAPITALS>``; explicit keyword
-arguments win over the environment, the environment wins over the defaults. The dataclass is
-frozen: a running node never changes its configuration.
+One tree: :class:`MeshConfig` holds the node's own options and three sections, ``links``
+(:class:`LinksConfig`), ``adapter`` (:class:`AdapterConfig`) and ``gossip``
+(:class:`~siomesh.protocol.membership.GossipConfig`, from a named preset). Every field has an
+environment variable: ``SIOMESH_<FIELD>`` for the node's own, ``SIOMESH_<SECTION>_<FIELD>`` for a
+section's (``SIOMESH_LINKS_HEARTBEAT``, ``SIOMESH_ADAPTER_MAX_QUEUE``,
+``SIOMESH_GOSSIP_PRESET``, ``SIOMESH_GOSSIP_PROBE_INTERVAL``). Explicit keyword arguments (a
+section may be given as an instance or a dict of its fields) win over the environment, the
+environment wins over the defaults. Everything is frozen: a running node never changes its
+configuration. The 0.1 names ``connect_timeout``, ``signature_window`` and ``room_routing`` (and
+their variables) are still read, into ``links`` and ``adapter``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,16 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ENV_PREFIX", "ConfigError", "MeshConfig", "normalize_url"]
+from .protocol.membership import GossipConfig
+
+__all__ = [
+    "ENV_PREFIX",
+    "AdapterConfig",
+    "ConfigError",
+    "LinksConfig",
+    "MeshConfig",
+    "normalize_url",
+]
 
 ENV_PREFIX = "SIOMESH_"
 _MIN_SECRET_BYTES = 16
@@ -115,6 +131,117 @@ def _split_list(value: str) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class LinksConfig:
+    """Peer links (:mod:`siomesh.links`). Environment: ``SIOMESH_LINKS_<FIELD>``."""
+
+    #: Time allowed to open a TCP connection to a peer. Short: an unreachable owner must turn
+    #: into the client's 400 quickly, and a LAN connect takes well under a millisecond.
+    connect_timeout: float = 1.0
+    #: Bound on a link's handshake after the TCP connect.
+    handshake_timeout: float = 5.0
+    #: WebSocket ping interval on the links this node dials; a peer that does not answer
+    #: within half of it (a frozen or cut-off node) has its link closed, which fails only the
+    #: exchanges in flight with that peer. Long enough that a busy event loop is not mistaken
+    #: for a dead peer.
+    heartbeat: float = 10.0
+    #: Bound on the bytes queued for sending on one link; beyond it a forward is refused
+    #: (answered as an unreachable owner) and adapter messages wait in their own bounded queue.
+    buffer_bytes: int = 64 << 20
+    #: Accepted clock skew for a link offer: a replayed offer is refused by its nonce within
+    #: this window and by its timestamp after it.
+    offer_window: float = 30.0
+    #: PEM file of the certificate authority that signed the peers' certificates, for
+    #: ``https://`` node URLs under a private CA (without it, the system's trust store is
+    #: used). Peers are always verified: there is no option to turn verification off.
+    peer_ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "handshake_timeout", "heartbeat", "offer_window"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"links.{name} must be > 0")
+        if self.buffer_bytes < 1 << 20:
+            raise ConfigError("links.buffer_bytes must be at least 1 MiB (1048576)")
+        if self.peer_ca_file is not None and not os.path.isfile(self.peer_ca_file):
+            raise ConfigError(f"links.peer_ca_file: {self.peer_ca_file!r} is not a readable file")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdapterConfig:
+    """The adapter (:mod:`siomesh.adapter`). Environment: ``SIOMESH_ADAPTER_<FIELD>``."""
+
+    #: Messages kept per peer until it acknowledges them; beyond it they are dropped and the
+    #: peer's clients they were for are disconnected to resync (never a silent gap).
+    max_queue: int = 10_000
+    #: On shutdown, how long to wait for peers to acknowledge what is queued.
+    flush_timeout: float = 1.0
+    #: Where a room emit goes: ``"all"`` live members (never misses a member that joined the
+    #: room a moment ago), or ``"directory"``: only members the gossiped directory lists for
+    #: the room (fewer peer messages; a join is seen by other nodes ~50-150 ms later, and an
+    #: emit inside that window misses the new member).
+    room_routing: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 1:
+            raise ConfigError("adapter.max_queue must be >= 1")
+        if self.flush_timeout < 0:
+            raise ConfigError("adapter.flush_timeout must be >= 0")
+        if self.room_routing not in ("all", "directory"):
+            raise ConfigError("adapter.room_routing must be 'all' or 'directory'")
+
+
+_SECTIONS: dict[str, type[Any]] = {"links": LinksConfig, "adapter": AdapterConfig}
+#: Options of 0.1 that moved into a section: (section, field).
+_MOVED = {
+    "connect_timeout": ("links", "connect_timeout"),
+    "signature_window": ("links", "offer_window"),
+    "room_routing": ("adapter", "room_routing"),
+}
+_GOSSIP_PRESETS = {"lan": GossipConfig.lan, "local": GossipConfig.local}
+
+
+def _section(
+    name: str, cls: type[Any], given: Any, source: Mapping[str, str], base: Any = None
+) -> Any:
+    """Build section ``name``: fields from ``given`` (an instance, or a dict of fields) win
+    over ``SIOMESH_<NAME>_<FIELD>`` variables, which win over ``base`` (or the defaults)."""
+    if isinstance(given, cls):
+        return given
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"{name} must be a {cls.__name__} or a dict of its fields")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(given) - set(fields) - ({"preset"} if cls is GossipConfig else set())
+    if unknown:
+        raise ConfigError(f"unknown {name} option(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for field_name, field in fields.items():
+        if given.get(field_name) is not None:
+            values[field_name] = given[field_name]
+            continue
+        env_name = f"{name}_{field_name}"
+        raw = source.get(ENV_PREFIX + env_name.upper())
+        if raw:
+            values[field_name] = _parse_env(env_name, field.type, raw)
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except ValueError as exc:  # GossipConfig validates with ValueError
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def _gossip(given: Any, source: Mapping[str, str]) -> GossipConfig:
+    if isinstance(given, GossipConfig):
+        return given
+    preset = (given or {}).get("preset") if isinstance(given, Mapping) else None
+    preset = preset or source.get(ENV_PREFIX + "GOSSIP_PRESET") or "lan"
+    make = _GOSSIP_PRESETS.get(str(preset).lower())
+    if make is None:
+        raise ConfigError(f"gossip preset {preset!r}: use one of {', '.join(_GOSSIP_PRESETS)}")
+    result: GossipConfig = _section("gossip", GossipConfig, given, source, base=make())
+    return result
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class MeshConfig:
     """The options of one node. Build it with :meth:`build` (validates, reads the environment).
 
@@ -133,9 +260,6 @@ class MeshConfig:
     mesh_path: str = "/_siomesh"
     #: Health endpoint for balancers: 200 when serving, 503 when starting or draining.
     health_path: str = "/_siomesh/health"
-    #: Time allowed to open a TCP connection to a peer. Short: an unreachable owner must turn
-    #: into the client's 400 quickly, and a LAN connect takes well under a millisecond.
-    connect_timeout: float = 1.0
     #: Extra time granted to a forwarded long-poll beyond the server's
     #: ``ping_interval + ping_timeout``, the longest the owner may hold a GET.
     poll_grace: float = 10.0
@@ -143,32 +267,17 @@ class MeshConfig:
     request_timeout: float = 15.0
     #: Largest forwarded request body; ``None``: the server's ``max_http_buffer_size``.
     max_body_bytes: int | None = None
-    #: Accepted clock skew for a peer link's handshake offer (a replayed offer is refused by
-    #: its nonce within this window and by its timestamp after it).
-    signature_window: float = 30.0
     #: Add ``x-siomesh-served-by`` (the node that served) and ``x-siomesh-via`` (the node that
     #: forwarded) to Engine.IO responses. For demos and debugging; off by default (it reveals
     #: private node addresses to clients).
     served_by_header: bool = False
-    #: Where a room emit goes: ``"all"`` live members (never misses a member that joined the
-    #: room a moment ago), or ``"directory"``: only members the gossiped directory lists for
-    #: the room (fewer peer messages; a join is seen by other nodes ~50-150 ms later, and an
-    #: emit inside that window misses the new member).
-    room_routing: str = "all"
-    #: Bound on a peer link's handshake (after the TCP connect), seconds.
-    handshake_timeout: float = 5.0
-    #: WebSocket ping interval on the links this node dials; a peer that does not answer
-    #: within half of it (a frozen or cut-off node) has its link closed, which fails only the
-    #: exchanges in flight with that peer.
-    link_heartbeat: float = 10.0
-    #: Bound on the bytes queued for sending on one link; beyond it a forward is refused
-    #: (answered as an unreachable owner) and adapter messages wait in their own bounded queue.
-    link_buffer_bytes: int = 64 << 20
-    #: PEM file of the certificate authority that signed the peers' certificates, for
-    #: ``https://`` node URLs under a private CA (links then verify peers against it; without
-    #: it, the system's trust store is used). Peers are always verified: there is no option to
-    #: turn verification off.
-    peer_ca_file: str | None = None
+    #: Peer links (``SIOMESH_LINKS_<FIELD>``): see :class:`LinksConfig`.
+    links: LinksConfig = dataclasses.field(default_factory=lambda: LinksConfig())
+    #: The adapter (``SIOMESH_ADAPTER_<FIELD>``): see :class:`AdapterConfig`.
+    adapter: AdapterConfig = dataclasses.field(default_factory=lambda: AdapterConfig())
+    #: Gossip (``SIOMESH_GOSSIP_PRESET`` = lan, wan or local, then ``SIOMESH_GOSSIP_<FIELD>``
+    #: for any :class:`~siomesh.protocol.membership.GossipConfig` field).
+    gossip: GossipConfig = dataclasses.field(default_factory=GossipConfig.lan)
 
     @classmethod
     def build(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> MeshConfig:
@@ -177,9 +286,30 @@ class MeshConfig:
         Raises :class:`ConfigError` naming the option and the environment variable to set.
         """
         source = os.environ if env is None else env
+        overrides = dict(overrides)
+        sections: dict[str, dict[str, Any]] = {}
+        for old, (section, field_name) in _MOVED.items():
+            value = overrides.pop(old, None)
+            if value is None:
+                raw = source.get(ENV_PREFIX + old.upper())
+                value = (
+                    _parse_env(old, "float" if old != "room_routing" else "str", raw)
+                    if raw
+                    else None
+                )
+            if value is not None:
+                sections.setdefault(section, {})[field_name] = value
         values: dict[str, Any] = {}
+        for section, section_cls in _SECTIONS.items():
+            given = overrides.pop(section, None)
+            if isinstance(given, Mapping) or given is None:
+                given = {**sections.get(section, {}), **(given or {})}
+            values[section] = _section(section, section_cls, given, source)
+        values["gossip"] = _gossip(overrides.pop("gossip", None), source)
         for field in dataclasses.fields(cls):
             name = field.name
+            if name in values:
+                continue
             if overrides.get(name) is not None:
                 values[name] = overrides[name]
                 continue
@@ -221,24 +351,11 @@ class MeshConfig:
             value = getattr(self, name)
             if not value.startswith("/") or value.endswith("/") or "?" in value:
                 raise ConfigError(f"{name}: {value!r} must start with '/' and not end with '/'")
-        for name in (
-            "connect_timeout",
-            "poll_grace",
-            "request_timeout",
-            "signature_window",
-            "handshake_timeout",
-            "link_heartbeat",
-        ):
+        for name in ("poll_grace", "request_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_body_bytes is not None and self.max_body_bytes <= 0:
             raise ConfigError("max_body_bytes must be > 0")
-        if self.room_routing not in ("all", "directory"):
-            raise ConfigError("room_routing must be 'all' or 'directory'")
-        if self.peer_ca_file is not None and not os.path.isfile(self.peer_ca_file):
-            raise ConfigError(f"peer_ca_file: {self.peer_ca_file!r} is not a readable file")
-        if self.link_buffer_bytes < 1 << 20:
-            raise ConfigError("link_buffer_bytes must be at least 1 MiB (1048576)")
 
 
 def _parse_env(name: str, type_name: Any, raw: str) -> Any:

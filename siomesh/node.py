@@ -116,21 +116,22 @@ class MeshNode:
             + float(eio.ping_timeout)
             + self.config.poll_grace
         )
+        links = self.config.links
         #: this node's peer links; gossip, the adapter and forwarding all talk through them
         self.links = LinkPool(
             node_url=self.config.node_url,
             generation=self.generation,
             secret=self.config.secret,
             mesh_path=self.config.mesh_path,
-            connect_timeout=self.config.connect_timeout,
-            handshake_timeout=self.config.handshake_timeout,
-            heartbeat=self.config.link_heartbeat,
-            window=self.config.signature_window,
-            max_buffer=self.config.link_buffer_bytes,
+            connect_timeout=links.connect_timeout,
+            handshake_timeout=links.handshake_timeout,
+            heartbeat=links.heartbeat,
+            window=links.offer_window,
+            max_buffer=links.buffer_bytes,
             max_frame=max(self.max_body * 2, 16 << 20),
             ssl_context=(
-                ssl.create_default_context(cafile=self.config.peer_ca_file)
-                if self.config.peer_ca_file
+                ssl.create_default_context(cafile=links.peer_ca_file)
+                if links.peer_ca_file
                 else None
             ),
             stats=self.stats,

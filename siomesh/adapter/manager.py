@@ -868,6 +868,9 @@ def install_adapter(mesh: NodeContext, **options: Any) -> MeshManager | None:
             type(current).__name__,
         )
         return None
+    settings = mesh.config.adapter
+    options.setdefault("settings", LinkSettings(max_queue=settings.max_queue))
+    options.setdefault("flush_timeout", settings.flush_timeout)
     manager = MeshManager(mesh, **options)
     # Carry over anything the default manager already holds (clients connected before the
     # mesh was built), so the swap is invisible.

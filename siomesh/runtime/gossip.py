@@ -207,7 +207,7 @@ class GossipRuntime:
 
     def __init__(self, mesh: NodeContext, config: GossipConfig | None = None) -> None:
         self.mesh = mesh
-        self.config = config or GossipConfig.lan()
+        self.config = config or mesh.config.gossip
         url = mesh.config.node_url
         seeds = [p for p in mesh.config.peers if not p.startswith("dns+")]
         self._dns = [p[4:] for p in mesh.config.peers if p.startswith("dns+")]
@@ -223,7 +223,7 @@ class GossipRuntime:
             self.node,
             mesh.keys,
             seeds,
-            room_directory=mesh.config.room_routing == "directory",
+            room_directory=mesh.config.adapter.room_routing == "directory",
         )
         self._task: asyncio.Task[None] | None = None
         self._dns_task: asyncio.Task[None] | None = None

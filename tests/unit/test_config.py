@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from siomesh.config import ConfigError, MeshConfig, normalize_url
+from siomesh.protocol.membership import GossipConfig
 
 SECRET = "config-secret-0123456789"
 
@@ -19,7 +20,7 @@ def test_env_is_read() -> None:
     )
     assert cfg.node_url == "http://127.0.0.1:8001"
     assert cfg.peers == ("http://127.0.0.1:8001", "http://127.0.0.1:8002")
-    assert cfg.connect_timeout == 0.5
+    assert cfg.links.connect_timeout == 0.5  # the 0.1 name, read into links
     assert cfg.max_body_bytes == 7
 
 
@@ -157,3 +158,47 @@ def test_wildcard_node_url_is_refused(node_url: str) -> None:
 def test_specific_addresses_are_fine_for_node_url() -> None:
     for url in ("http://127.0.0.1:8000", "http://[::1]:8000", "http://10.0.0.1:8000", "http://a:1"):
         MeshConfig.build({}, node_url=url, secret=SECRET)
+
+
+def test_sections_come_from_their_variables_and_from_keywords() -> None:
+    cfg = MeshConfig.build(
+        {
+            "SIOMESH_NODE_URL": "http://10.0.0.1:8000",
+            "SIOMESH_SECRET": SECRET,
+            "SIOMESH_LINKS_HEARTBEAT": "7",
+            "SIOMESH_ADAPTER_MAX_QUEUE": "50",
+            "SIOMESH_ADAPTER_ROOM_ROUTING": "directory",
+            "SIOMESH_GOSSIP_PRESET": "local",
+            "SIOMESH_GOSSIP_PROBE_INTERVAL": "0.3",
+        },
+        links={"buffer_bytes": 2 << 20},
+    )
+    assert cfg.links.heartbeat == 7.0
+    assert cfg.links.buffer_bytes == 2 << 20
+    assert cfg.adapter.max_queue == 50
+    assert cfg.adapter.room_routing == "directory"
+    assert cfg.gossip.probe_interval == 0.3
+    assert cfg.gossip.gossip_interval == GossipConfig.local().gossip_interval
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"SIOMESH_LINKS_HEARTBEAT": "0"}, "links.heartbeat"),
+        ({"SIOMESH_LINKS_BUFFER_BYTES": "10"}, "links.buffer_bytes"),
+        ({"SIOMESH_LINKS_PEER_CA_FILE": "/nonexistent/ca.pem"}, "peer_ca_file"),
+        ({"SIOMESH_ADAPTER_ROOM_ROUTING": "some"}, "room_routing"),
+        ({"SIOMESH_GOSSIP_PRESET": "mars"}, "preset"),
+        ({"SIOMESH_GOSSIP_PROBE_TIMEOUT": "5"}, "probe_timeout"),
+        ({"SIOMESH_LINKS_HEARTBEAT": "soon"}, "SIOMESH_LINKS_HEARTBEAT"),
+    ],
+)
+def test_bad_section_values_are_refused_by_name(env: dict[str, str], words: str) -> None:
+    base = {"SIOMESH_NODE_URL": "http://10.0.0.1:8000", "SIOMESH_SECRET": SECRET}
+    with pytest.raises(ConfigError, match=words):
+        MeshConfig.build({**base, **env})
+
+
+def test_unknown_section_option_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown links option"):
+        MeshConfig.build({}, node_url="http://a:1", secret=SECRET, links={"bogus": 1})
