@@ -39,6 +39,7 @@ from .metrics import MeshCollector
 from .orphans import guard_poll
 from .runtime.gossip import GossipRuntime, TrackedSockets
 from .seams import Hook
+from .sessions import drop_session
 from .sid import SidKeys, generation_tag, make_sid, node_tag
 
 __all__ = ["MeshNode", "sid_of", "tagging_send"]
@@ -237,7 +238,7 @@ class MeshNode:
             sid,
         )
         if sid is not None and sid in self.local_sids:
-            await self.engine.eio.disconnect(sid)
+            await drop_session(self.engine.eio, sid)
 
     async def _serve_forwarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request that a peer forwarded over a link: served here, never forwarded again."""

@@ -36,6 +36,7 @@ from ..links.frames import FrameType, decode_u64_pair, encode_u64_pair
 from ..links.link import Link, LinkClosed, Stream
 from ..links.pool import LinkUnavailable
 from ..ratelimit import RateLimitedLog
+from ..sessions import drop_session
 from ..sid import parse_sid
 from .channel import LinkSettings, PeerChannel, Targets
 from .wire import DedupWindow, WireError, encode_message, pack, unpack
@@ -756,7 +757,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         )
         for eio_sid in eio_sids:
             with contextlib.suppress(Exception):
-                await self.server.eio.disconnect(eio_sid)
+                await drop_session(self.server.eio, eio_sid)
 
     async def _dispatch(self, msg: dict[str, Any], sender: str) -> None:
         method = msg["m"]
