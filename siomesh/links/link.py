@@ -269,7 +269,13 @@ class Link:
         code = GOING_AWAY
         try:
             while True:
-                data = await read()
+                try:
+                    data = await read()
+                except FrameError as exc:  # e.g. a text message where frames are binary
+                    self.stats["link_protocol_errors"] += 1
+                    log.warning("link %s: protocol error, closing: %s", self, exc)
+                    reason, code = f"protocol error: {exc}", PROTOCOL_ERROR
+                    break
                 if data is None:
                     break
                 self.stats["link_frames_received"] += 1

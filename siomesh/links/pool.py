@@ -39,6 +39,7 @@ import aiohttp
 from ..ratelimit import RateLimitedLog
 from .frames import FrameError, FrameType
 from .handshake import (
+    LINK_KINDS,
     HandshakeError,
     LinkSecret,
     NonceCache,
@@ -151,6 +152,11 @@ class LinkPool:
             raise LinkUnavailable("node is stopping")
         key = (peer, kind)
         future = self._dialling.get(key)
+        backoff = self._backoff.get(key)
+        if future is None and backoff is not None and backoff[0] > time.monotonic():
+            # the last dial failed a moment ago: fail fast instead of making every request
+            # for that peer wait for its own dial (the backoff is short and grows to 5 s)
+            raise LinkUnavailable(f"{peer}: unreachable (retrying in {backoff[1]:.1f} s)")
         if future is None:
             future = asyncio.ensure_future(self._dial(peer, kind))
             self._dialling[key] = future
@@ -217,6 +223,8 @@ class LinkPool:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                # a blackholed peer fails after connect_timeout, not after the whole dial bound
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent",),
             )
@@ -411,6 +419,9 @@ class LinkPool:
         )
         self.stats["links_accepted"] += 1
         self._inbound.add(link)
+        # the peer is evidently up: dial it again at once instead of after a backoff
+        for kind in LINK_KINDS:
+            self._backoff.pop((offer.sender, kind), None)
         try:
             await link.run(read)
         finally:

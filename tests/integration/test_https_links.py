@@ -51,7 +51,7 @@ def _start(tmp: Path, *, trust_ca: list[bool]) -> TlsCluster:
                     "SIOMESH_NODE_URL": urls[index],
                     "SIOMESH_PEERS": ",".join(urls),
                     "SIOMESH_SECRET": TEST_SECRET,
-                    "SIOMESH_PEER_CA_FILE": str(ca_file if trust_ca[index] else other_file),
+                    "SIOMESH_LINKS_PEER_CA_FILE": str(ca_file if trust_ca[index] else other_file),
                     "PYTHONUNBUFFERED": "1",
                 }
             )
