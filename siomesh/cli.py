@@ -98,13 +98,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="compare mesh mode with sticky mode, side by side",
         description="Run the comparative benchmark (see docs/benchmark.md).",
     )
-    bench.add_argument("--quick", action="store_true", help="a small run, for tests")
-    bench.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
-    bench.add_argument("--clients", type=_positive, default=None, help="clients per scenario")
-    bench.add_argument("--rounds", type=_positive, default=None, help="round trips per client")
-    bench.add_argument(
-        "--only", default=None, help="comma-separated scenario names to run (default: all)"
-    )
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     return parser
 
 

@@ -1,18 +1,15 @@
-"""The adapter's wire format and receive-side bookkeeping. PURE: no asyncio, no clock, no I/O.
+"""The adapter's message encoding and receive-side deduplication. PURE: no asyncio, no clock.
 
-A *batch* is what one POST carries from one node to one peer::
-
-    {"v": 1, "epoch": <sender generation>, "msgs": [[seq, {message}], ...]}
-
-Sequence numbers are per (sender, receiver) link, strictly increasing in the order the sender
-enqueued them; gaps are allowed (a batch dropped for a dead peer is never resent). The sender's
-``epoch`` is its process generation, so a restarted sender starts a fresh sequence. The sender's
-identity is *not* in the body: the receiver takes it from the verified request signature.
+One adapter message is one JSON object (``{"m": <method>, "ns": ..., ...}``), encoded once by
+:func:`encode_message` and carried in an ``ADAPTER`` frame on the data link to each peer that
+needs it (:mod:`siomesh.adapter.channel`), tagged with the sender's epoch (its process
+generation) and a sequence number per (sender, receiver). The sender's identity is never in the
+message: the receiver takes it from the link's authenticated peer.
 
 Values travel as JSON. Python's ``bytes`` (Socket.IO binary payloads) have no JSON form, so
 :func:`pack` turns them into ``{"$b": "<base64>"}``; a dict that happens to have a ``"$b"`` or
 ``"$d"`` key is escaped as ``{"$d": {...}}`` so that every value round-trips exactly. Tuples
-become lists (as Socket.IO's own JSON encoding does). No pickle: a batch can only ever decode
+become lists (as Socket.IO's own JSON encoding does). No pickle: a message can only ever decode
 into JSON types plus ``bytes``.
 """
 
@@ -22,22 +19,16 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "WIRE_VERSION",
-    "Batch",
     "DedupWindow",
     "WireError",
-    "decode_batch",
-    "encode_batch",
     "encode_message",
     "pack",
     "unpack",
 ]
 
-WIRE_VERSION = 1
 _BYTES = "$b"
 _DICT = "$d"
 _MAX_DEPTH = 64
@@ -88,59 +79,19 @@ def unpack(value: Any, _depth: int = 0) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """A decoded batch: the sender's epoch and its ``(seq, message)`` pairs in order."""
-
-    epoch: int
-    messages: tuple[tuple[int, dict[str, Any]], ...] = field(default_factory=tuple)
-
-
 def encode_message(message: Mapping[str, Any]) -> str:
     """One message as JSON text, encoded once and shared by every link it is queued on.
     Its values must already be JSON-able (payloads passed through :func:`pack`)."""
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
-def encode_batch(epoch: int, messages: list[tuple[int, str]]) -> bytes:
-    """One POST body from ``(seq, encode_message(...))`` pairs, without re-encoding them."""
-    items = ",".join(f"[{seq},{text}]" for seq, text in messages)
-    return f'{{"v":{WIRE_VERSION},"epoch":{epoch},"msgs":[{items}]}}'.encode()
-
-
-def decode_batch(body: bytes) -> Batch:
-    """Parse and validate a POST body. Raises :class:`WireError` on anything malformed."""
-    try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireError("batch is not JSON") from exc
-    if not isinstance(raw, dict) or raw.get("v") != WIRE_VERSION:
-        raise WireError("unsupported batch version")
-    epoch = raw.get("epoch")
-    msgs = raw.get("msgs")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or not isinstance(msgs, list):
-        raise WireError("malformed batch")
-    out: list[tuple[int, dict[str, Any]]] = []
-    previous = -1
-    for item in msgs:
-        if not (isinstance(item, list) and len(item) == 2):
-            raise WireError("malformed message")
-        seq, msg = item
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq <= previous:
-            raise WireError("sequence numbers must increase within a batch")
-        if not isinstance(msg, dict) or not isinstance(msg.get("m"), str):
-            raise WireError("message without a method")
-        previous = seq
-        out.append((seq, msg))
-    return Batch(epoch=epoch, messages=tuple(out))
-
-
 class DedupWindow:
     """Which ``(sender, epoch, seq)`` have been delivered already.
 
-    Because each link sends one batch at a time, in sequence order, and never reorders, the
-    receiver only needs the highest sequence it has accepted per sender: a retry of a batch that
-    was in fact delivered carries sequences at or below it and is skipped. A newer epoch (the
+    A sender's messages arrive in sequence order (one ordered link at a time; after a link
+    breaks, the unacknowledged ones are resent in order), so the receiver only needs the highest
+    sequence it has accepted per sender: a resent message that was in fact delivered carries a
+    sequence at or below it and is skipped. A newer epoch (the
     sender restarted) resets the sender's watermark; an older epoch is a straggler from a dead
     process and is refused. Memory is one entry per sender ever heard from (bounded by
     ``max_senders``; the oldest-updated entry is forgotten first).

@@ -12,9 +12,6 @@ from hypothesis import strategies as st
 from siomesh.adapter.wire import (
     DedupWindow,
     WireError,
-    decode_batch,
-    encode_batch,
-    encode_message,
     pack,
     unpack,
 )
@@ -56,36 +53,6 @@ def test_too_deep_values_are_refused() -> None:
         deep = [deep]
     with pytest.raises(WireError):
         pack(deep)
-
-
-def test_batch_round_trip() -> None:
-    msgs = [(3, encode_message({"m": "emit", "x": pack(b"hi")})), (7, encode_message({"m": "a"}))]
-    batch = decode_batch(encode_batch(42, msgs))
-    assert batch.epoch == 42
-    assert [seq for seq, _ in batch.messages] == [3, 7]
-    assert unpack(batch.messages[0][1]["x"]) == b"hi"
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"not json",
-        b"\xff\xfe",
-        b"[]",
-        b'{"v":2,"epoch":1,"msgs":[]}',
-        b'{"v":1,"epoch":"1","msgs":[]}',
-        b'{"v":1,"epoch":true,"msgs":[]}',
-        b'{"v":1,"epoch":1,"msgs":{}}',
-        b'{"v":1,"epoch":1,"msgs":[[1]]}',
-        b'{"v":1,"epoch":1,"msgs":[["1",{"m":"x"}]]}',
-        b'{"v":1,"epoch":1,"msgs":[[1,{"x":1}]]}',
-        b'{"v":1,"epoch":1,"msgs":[[2,{"m":"a"}],[2,{"m":"b"}]]}',
-        b'{"v":1,"epoch":1,"msgs":[[2,{"m":"a"}],[1,{"m":"b"}]]}',
-    ],
-)
-def test_malformed_batches_raise_wire_error(body: bytes) -> None:
-    with pytest.raises(WireError):
-        decode_batch(body)
 
 
 def test_wire_error_is_a_value_error_so_the_endpoint_answers_400() -> None:
