@@ -1,6 +1,15 @@
 """``siomesh bench``: mesh mode against sticky mode, side by side, in one run.
 
-Scenarios (each started fresh on free loopback ports, stopped by pid afterwards):
+Three scenarios (``--scenario``; docs/benchmark.md shows the commands and explains each column):
+
+* ``roundtrip`` (the default): acked round trips through every setup below;
+* ``scale``: N clients in one room, K room broadcasts: 3 SioMesh nodes behind nginx
+  round-robin against 3 plain nodes on ``AsyncRedisManager`` + redis-server behind HAProxy
+  cookie stickiness (:mod:`siomesh.benchkit.broadcasts`);
+* ``latency``: room broadcast latency and burst rate, the mesh adapter against
+  ``AsyncRedisManager`` + redis-server (:mod:`siomesh.benchkit.broadcasts`).
+
+Setups of ``roundtrip`` (each started fresh on free loopback ports, stopped by pid afterwards):
 
 * ``single``: one plain python-socketio node, no balancer;
 * ``sticky-haproxy-cookie``: 3 plain nodes, HAProxy cookie stickiness (the socket.io docs'
@@ -12,11 +21,12 @@ Scenarios (each started fresh on free loopback ports, stopped by pid afterwards)
 Workloads: ``polling``, ``upgrade`` (polling then WebSocket) and ``websocket``; each runs C
 concurrent python-socketio clients that connect at once (a connect storm) and do R acked round
 trips. Reported per cell: sessions ok/failed, round trips/s, p50/p99 latency, and each as a ratio
-to the baseline cell of the same workload measured in the same run. Writes ``bench.json`` and
-``bench.png`` under ``--out``.
+to the baseline cell of the same workload measured in the same run. Writes ``bench.json``,
+``bench.txt`` and (when matplotlib is installed: the ``bench`` extra) ``bench.png`` under
+``--out``.
 
-It drives the real processes and balancers of the test harness (``tests/harness``), so it runs
-from a source checkout; balancers that are not installed are skipped with a message.
+It drives real processes and balancers (:mod:`siomesh.benchkit`, shipped with the package, so it
+runs from an install); binaries that are not installed are skipped with a message.
 """
 
 from __future__ import annotations
@@ -29,11 +39,14 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["add_arguments", "main"]
+
+SCENARIO_KINDS = ("roundtrip", "scale", "latency")
 
 BASELINE = "sticky-haproxy-cookie"
 WORKLOADS: dict[str, tuple[str, ...]] = {
@@ -41,16 +54,18 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     "upgrade": ("polling", "websocket"),
     "websocket": ("websocket",),
 }
+PLAIN_APP = "siomesh.benchkit.apps.plain:app"
+MESH_APP = "siomesh.benchkit.apps.echo:app"
 # name -> (app, node count, balancer, template, target host)
 SCENARIOS: dict[str, tuple[str, int, str | None, str | None, str]] = {
-    "single": ("tests.apps.plain:app", 1, None, None, "127.0.0.1"),
+    "single": (PLAIN_APP, 1, None, None, "127.0.0.1"),
     # aiohttp's cookie jar refuses cookies from IP-address hosts: a cookie-sticky client must
     # use a host name, or stickiness silently breaks (the very issue users report).
-    BASELINE: ("tests.apps.plain:app", 3, "haproxy", "haproxy-sticky-cookie.cfg", "localhost"),
-    "sticky-nginx-iphash": ("tests.apps.plain:app", 3, "nginx", "nginx-ip-hash.conf", "127.0.0.1"),
-    "plain-nginx-rr": ("tests.apps.plain:app", 3, "nginx", None, "127.0.0.1"),
-    "mesh-nginx-rr": ("tests.apps.echo:app", 3, "nginx", None, "127.0.0.1"),
-    "mesh-haproxy-rr": ("tests.apps.echo:app", 3, "haproxy", None, "127.0.0.1"),
+    BASELINE: (PLAIN_APP, 3, "haproxy", "haproxy-sticky-cookie.cfg", "localhost"),
+    "sticky-nginx-iphash": (PLAIN_APP, 3, "nginx", "nginx-ip-hash.conf", "127.0.0.1"),
+    "plain-nginx-rr": (PLAIN_APP, 3, "nginx", None, "127.0.0.1"),
+    "mesh-nginx-rr": (MESH_APP, 3, "nginx", None, "127.0.0.1"),
+    "mesh-haproxy-rr": (MESH_APP, 3, "haproxy", None, "127.0.0.1"),
 }
 
 
@@ -70,38 +85,24 @@ class Cell:
     ratios: dict[str, float] = field(default_factory=dict)
 
 
-def _harness() -> Any:
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "tests" / "harness" / "load.py").exists():
-        raise SystemExit(
-            "siomesh bench drives the test harness: run it from a source checkout "
-            "(git clone, then ./scripts/test once, then .venv/bin/siomesh bench)"
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import tests.harness.balancers as balancers
-    import tests.harness.load as load
-    import tests.harness.procs as procs
-
-    return argparse.Namespace(balancers=balancers, load=load, procs=procs)
-
-
 def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
 def _run_scenario(
-    h: Any, name: str, workloads: list[str], clients: int, rounds: int, workdir: Path
+    name: str, workloads: list[str], clients: int, rounds: int, workdir: Path
 ) -> list[Cell]:
+    from .benchkit import balancers, load, procs
+
     app, count, balancer, template, host = SCENARIOS[name]
-    if balancer is not None and h.balancers.binary_for(balancer) is None:
+    if balancer is not None and balancers.binary_for(balancer) is None:
         _progress(f"  skipped {name}: {balancer} is not installed")
         return []
-    cluster = h.procs.start_mesh(count, workdir / name, app=app, env={"ECHO_PING_INTERVAL": "25"})
+    cluster = procs.start_mesh(count, workdir / name, app=app, env={"ECHO_PING_INTERVAL": "25"})
     lb = None
     try:
         if balancer is not None:
-            lb = h.balancers.start_balancer(
+            lb = balancers.start_balancer(
                 balancer, cluster.addresses, workdir / f"{name}-lb", template=template
             )
             url = lb.url.replace("127.0.0.1", host)
@@ -111,7 +112,7 @@ def _run_scenario(
         for workload in workloads:
             started = time.monotonic()
             result = asyncio.run(
-                h.load.run_load(
+                load.run_load(
                     url,
                     clients=clients,
                     round_trips=rounds,
@@ -178,8 +179,16 @@ def _table(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def _chart(cells: list[Cell], path: Path) -> None:
-    import matplotlib
+def _chart(cells: list[Cell], path: Path) -> bool:
+    """Draw the chart; False (and a one-line note) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(
+            f"no {path.name}: matplotlib is not installed (pip install 'siomesh[bench]')",
+            file=sys.stderr,
+        )
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -203,11 +212,123 @@ def _chart(cells: list[Cell], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``siomesh bench`` (also ``python -m siomesh.bench``)."""
+    parser.add_argument(
+        "--scenario",
+        choices=SCENARIO_KINDS,
+        default="roundtrip",
+        help="roundtrip (default): acked round trips through every setup; scale: N clients in "
+        "one room, K broadcasts; latency: broadcast latency, mesh adapter vs Redis",
+    )
+    parser.add_argument("--quick", action="store_true", help="a small run, for tests")
+    parser.add_argument("--out", default="bench-results", help="directory for JSON, text, PNG")
+    parser.add_argument(
+        "--clients",
+        type=_count,
+        default=None,
+        help="clients per setup (roundtrip 50, scale 2000, latency 150 receivers)",
+    )
+    parser.add_argument("--rounds", type=_count, default=None, help="round trips per client")
+    parser.add_argument(
+        "--broadcasts",
+        type=_count,
+        default=None,
+        help="room broadcasts (scale: 20; latency: paced ones, 1000, the burst is 3x that)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds between broadcasts (scale: 0.25; latency, paced ones: 0.005)",
+    )
+    parser.add_argument(
+        "--client-procs",
+        type=_count,
+        default=None,
+        help="client processes for scale/latency (default: one per 250 clients, at most 8)",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated setups to run (default: all); roundtrip: see the docs; "
+        "scale, latency: mesh, sticky (or redis)",
+    )
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number, at least 1")
+    return int(value)
+
+
+def _broadcasts(args: argparse.Namespace) -> int:
+    scenario = getattr(args, "scenario", "roundtrip")
+    out = Path(args.out)
+    quick = bool(args.quick)
+    clients = args.clients
+    count = getattr(args, "broadcasts", None)
+    workers = getattr(args, "client_procs", None)
+    interval = getattr(args, "interval", None)
+    if interval is not None and not 0 <= interval <= 60:
+        print("siomesh bench: --interval must be between 0 and 60 seconds", file=sys.stderr)
+        return 2
+    from .benchkit import broadcasts
+
+    names = [n.strip() for n in (args.only or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in broadcasts.SETUP_NAMES]
+    if unknown:
+        print(
+            f"siomesh bench: unknown setup(s) {unknown} for --scenario {scenario}; "
+            f"known: {sorted(broadcasts.SETUP_NAMES)}",
+            file=sys.stderr,
+        )
+        return 2
+    only = {broadcasts.SETUP_NAMES[n] for n in names}
+
+    if scenario == "scale":
+        scale = broadcasts.ScaleParams()
+        if quick:
+            scale = broadcasts.ScaleParams(
+                clients=60, broadcasts=5, interval=0.05, connect_timeout=15.0,
+                call_timeout=10.0, broadcast_wait=15.0,
+            )  # fmt: skip
+        scale = replace(
+            scale,
+            **_given(clients=clients, broadcasts=count, interval=interval, processes=workers),
+        )
+        return broadcasts.run_scale(scale, out, only)
+    latency = broadcasts.LatencyParams()
+    if quick:
+        latency = broadcasts.LatencyParams(
+            receivers=30, paced=100, burst=300, connect_timeout=15.0, call_timeout=10.0,
+            delivery_wait=15.0,
+        )  # fmt: skip
+    latency = replace(
+        latency,
+        **_given(
+            receivers=clients,
+            paced=count,
+            burst=3 * count if count else None,
+            interval=interval,
+            processes=workers,
+        ),
+    )
+    return broadcasts.run_latency(latency, out, only)
+
+
+def _given(**options: float | None) -> dict[str, Any]:
+    """The options given on the command line (not None)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark described by the parsed ``siomesh bench`` arguments."""
-    h = _harness()
+    if getattr(args, "scenario", "roundtrip") != "roundtrip":
+        return _broadcasts(args)
     # clients of scenarios that are expected to fail leave sockets for the GC: not news
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     clients = args.clients or (12 if args.quick else 50)
@@ -232,7 +353,7 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="siomesh-bench-") as tmp:
         for index, name in enumerate(names, start=1):
             _progress(f"[{index}/{len(names)}] {name}")
-            cells.extend(_run_scenario(h, name, workloads, clients, rounds, Path(tmp)))
+            cells.extend(_run_scenario(name, workloads, clients, rounds, Path(tmp)))
     _ratios(cells)
     table = _table(cells)
     print(table)
@@ -244,6 +365,21 @@ def main(args: argparse.Namespace) -> int:
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "bench.txt").write_text(table + "\n")
-    _chart(cells, out / "bench.png")
-    print(f"wrote {out / 'bench.json'}, {out / 'bench.txt'}, {out / 'bench.png'}")
+    written = [out / "bench.json", out / "bench.txt"]
+    if _chart(cells, out / "bench.png"):
+        written.append(out / "bench.png")
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """``python -m siomesh.bench``: the same as ``siomesh bench``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m siomesh.bench", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(run())

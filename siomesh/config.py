@@ -267,6 +267,9 @@ class MeshConfig:
     request_timeout: float = 15.0
     #: Largest forwarded request body; ``None``: the server's ``max_http_buffer_size``.
     max_body_bytes: int | None = None
+    #: Bound on draining (SIGTERM, or :meth:`SioMesh.drain`): leave the cluster, let queued
+    #: packets reach their clients, hand every session to peers; then the server stops.
+    drain_timeout: float = 3.0
     #: Add ``x-siomesh-served-by`` (the node that served) and ``x-siomesh-via`` (the node that
     #: forwarded) to Engine.IO responses. For demos and debugging; off by default (it reveals
     #: private node addresses to clients).
@@ -351,7 +354,7 @@ class MeshConfig:
             value = getattr(self, name)
             if not value.startswith("/") or value.endswith("/") or "?" in value:
                 raise ConfigError(f"{name}: {value!r} must start with '/' and not end with '/'")
-        for name in ("poll_grace", "request_timeout"):
+        for name in ("poll_grace", "request_timeout", "drain_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_body_bytes is not None and self.max_body_bytes <= 0:

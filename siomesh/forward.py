@@ -171,6 +171,31 @@ def forwarded_headers(
     return out
 
 
+#: marker answer of a held poll released because this node is draining
+_RELEASED: tuple[FrameType, bytes] = (FrameType.CANCEL, b"released")
+
+
+def _noop_allowed(scope: Scope) -> bool:
+    """Whether a plain Engine.IO v4 NOOP answers this poll (not JSONP, not protocol 3)."""
+    query = scope.get("query_string", b"")
+    return b"EIO=4" in query and b"j=" not in query
+
+
+async def _send_noop(send: Send) -> None:
+    body = b"6"  # Engine.IO NOOP: the client simply polls again
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/plain; charset=UTF-8"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def _client_host(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else ""
@@ -183,15 +208,17 @@ class Forwarder:
         self,
         pool: LinkPool,
         *,
+        release: asyncio.Event,
         poll_timeout: float,
         request_timeout: float,
         stats: dict[str, int],
     ) -> None:
         self._pool = pool
+        self._release = release
         self._poll_timeout = poll_timeout
         self._request_timeout = request_timeout
         self.stats = stats
-        for key in ("forward_lost", "forward_cancelled", "relayed_websockets"):
+        for key in ("forward_lost", "forward_cancelled", "relayed_websockets", "polls_released"):
             stats.setdefault(key, 0)
 
     async def _link(self, target: str) -> Link:
@@ -223,6 +250,15 @@ class Forwarder:
                         stream.send(FrameType.CANCEL, b"")
                         self.stats["forward_cancelled"] += 1
                         return False
+                    if answer is _RELEASED:
+                        # this node is draining: the owner keeps the packets (its poll was
+                        # orphaned), the client gets a NOOP and polls again, on another node
+                        stream.send(FrameType.CANCEL, b"")
+                        self.stats["polls_released"] += 1
+                        if not _noop_allowed(scope):
+                            raise OwnerLost(f"{target}: released while draining")
+                        await _send_noop(send)
+                        return True
                     kind, payload = answer
                 else:
                     # the owner answers a POST at once: no need to watch the client meanwhile
@@ -250,20 +286,24 @@ class Forwarder:
     async def _held_answer(
         self, stream: Stream, receive: Receive
     ) -> tuple[FrameType, bytes] | None:
-        """A long-poll's answer, or None when the client left first (it can be held up to
-        ``ping_interval + ping_timeout``, so the client's departure is watched)."""
+        """A long-poll's answer; None when the client left first (it can be held up to
+        ``ping_interval + ping_timeout``, so the client's departure is watched); ``_RELEASED``
+        when this node started draining first."""
         answer = asyncio.ensure_future(stream.next(self._poll_timeout))
         # The body is read: the only message receive() can still give is a disconnect.
         left = asyncio.ensure_future(receive())
+        released = asyncio.ensure_future(self._release.wait())
         try:
-            await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((answer, left, released), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (answer, left):
+            for task in (answer, left, released):
                 if not task.done():
                     task.cancel()
-        if not answer.done() or answer.cancelled():
-            return None
-        return answer.result()
+        if answer.done() and not answer.cancelled():
+            return answer.result()
+        if released.done() and not released.cancelled():
+            return _RELEASED
+        return None
 
     async def forward_websocket(
         self, scope: Scope, receive: Receive, send: Send, target: str
@@ -283,13 +323,15 @@ class Forwarder:
                 raise OwnerUnreachable(f"{target}: link closed or full")
             try:
                 kind, payload = await stream.next(self._request_timeout)
-            except (LinkClosed, asyncio.TimeoutError) as exc:
+                if kind is FrameType.WS_CLOSE:
+                    raise OwnerRefused(decode_close(payload)[0])
+                if kind is not FrameType.WS_ACCEPT:
+                    raise FrameError(f"unexpected {kind.name} frame")
+                accept_meta, _ = decode_meta_body(payload)
+            except (LinkClosed, asyncio.TimeoutError, FrameError) as exc:
+                # tell the owner to give up on it, should it accept later
+                stream.send(FrameType.WS_CLOSE, encode_close(1001))
                 raise OwnerUnreachable(f"{target}: no answer to the WebSocket: {exc!r}") from exc
-            if kind is FrameType.WS_CLOSE:
-                raise OwnerRefused(decode_close(payload)[0])
-            if kind is not FrameType.WS_ACCEPT:
-                raise OwnerUnreachable(f"{target}: unexpected {kind.name} frame")
-            accept_meta, _ = decode_meta_body(payload)
             subprotocol = accept_meta.get("sp") if isinstance(accept_meta, dict) else None
             await send({"type": "websocket.accept", "subprotocol": subprotocol})
             self.stats["relayed_websockets"] += 1

@@ -28,6 +28,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .drain import drain_on_sigterm
 from .forward import (
     BodyTooLarge,
     OwnerLost,
@@ -116,6 +117,7 @@ class SioMesh:
         self._engine_prefixes = self.node.engine.prefixes
         self._mesh_prefix = config.mesh_path + "/"
         self._link_path = config.mesh_path + "/link"
+        self._rotation = 0
 
     def __getattr__(self, name: str) -> Any:
         # the node's public attributes (adapter, cluster, links, stats, status(), ...)
@@ -144,6 +146,7 @@ class SioMesh:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
+                    drain_on_sigterm(self.node)
                 except Exception:
                     log.exception("siomesh startup failed")
                     startup_failed = True
@@ -204,17 +207,39 @@ class SioMesh:
             view=self.node.cluster,
             keys=self.node.keys,
         )
+        target = decision.target if decision.action is Action.FORWARD else None
+        if self.node.draining.is_set():
+            # Every answer asks the balancer to open a new connection next time: once this
+            # node stops listening, its next request is refused at connect and retried on
+            # another node, instead of dying on a reused keep-alive connection.
+            send = _closing_send(send)
+            if sid is None and method != "OPTIONS":
+                if scope["type"] == "websocket":
+                    # a WebSocket relayed through a node about to stop would die with it: the
+                    # client retries its handshake, on another node
+                    await receive()
+                    await send({"type": "websocket.close", "code": 1013})
+                    return
+                # A draining node creates no session: a peer serves the handshake (its sid
+                # then routes there), so a client that reconnects lands on a live node.
+                target = self._next_peer()
         if self.config.served_by_header:
-            name = b"x-siomesh-via" if decision.action is Action.FORWARD else b"x-siomesh-served-by"
+            name = b"x-siomesh-via" if target is not None else b"x-siomesh-served-by"
             send = tagging_send(send, name, self.config.node_url)
-        if decision.action is Action.FORWARD:
-            assert decision.target is not None
-            if await self._forward(scope, receive, send, decision.target):
+        if target is not None:
+            if await self._forward(scope, receive, send, target):
                 return
-            # Nothing reached the client: fall through to the local server's own 400.
+            # Nothing reached the client: fall through to the local server's own answer.
         elif decision.action is Action.REJECT:
             self.node.stats["rejected"] += 1
         await self.app(scope, receive, send)
+
+    def _next_peer(self) -> str | None:
+        peers = self.node.cluster.live_peers()
+        if not peers:
+            return None
+        self._rotation = (self._rotation + 1) % len(peers)
+        return peers[self._rotation]
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, target: str) -> bool:
         """Forward to ``target``; False when nothing was sent and the client is untouched (the
@@ -294,6 +319,16 @@ class SioMesh:
             return
         # Nothing else: peers talk over links only. The body is never read.
         await _respond(send, 404, b"unknown mesh endpoint", b"text/plain")
+
+
+def _closing_send(send: Send) -> Send:
+    async def closing(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+        await send(message)
+
+    return closing
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

@@ -39,7 +39,7 @@ from .metrics import MeshCollector
 from .orphans import guard_poll
 from .runtime.gossip import GossipRuntime, TrackedSockets
 from .seams import Hook
-from .sessions import drop_session
+from .sessions import drop_session, is_quiet, track_calls
 from .sid import SidKeys, generation_tag, make_sid, node_tag
 
 __all__ = ["MeshNode", "sid_of", "tagging_send"]
@@ -106,6 +106,8 @@ class MeshNode:
         self._shutdown_hooks: list[Hook] = []
         self._start_lock: asyncio.Lock | None = None
         self.state = "starting"
+        #: set when draining begins: held forwarded polls are released, handshakes forwarded
+        self.draining = asyncio.Event()
         self.stats: dict[str, int] = {
             "forwarded": 0,
             "forward_errors": 0,
@@ -139,6 +141,7 @@ class MeshNode:
         )
         self.forwarder = Forwarder(
             self.links,
+            release=self.draining,
             poll_timeout=poll_timeout,
             request_timeout=self.config.request_timeout,
             stats=self.stats,
@@ -159,7 +162,10 @@ class MeshNode:
             sessions=lambda: len(self.local_sids),
         )
         self.gossip: GossipRuntime | None = None
-        added: list[Callable[[str, Any], None]] = [lambda _, socket: guard_poll(socket)]
+        added: list[Callable[[str, Any], None]] = [
+            lambda _, socket: guard_poll(socket),
+            lambda _, socket: track_calls(socket),
+        ]
         removed: list[Callable[[str], None]] = []
         if gossip:
             runtime = GossipRuntime(self)
@@ -214,9 +220,63 @@ class MeshNode:
             log.info("siomesh node %s serving (tag %s)", self.config.node_url, self.node_tag)
 
     async def drain(self) -> None:
-        """Report 503 on the health endpoint from now on (the balancer stops sending)."""
-        if self.state == "serving":
-            self.state = "draining"
+        """Hand this node's clients to its peers, then return (bounded by ``drain_timeout``).
+
+        In order: health answers 503 and new sessions are created on peers (the middleware
+        forwards handshakes from now on); peers are told this node is *leaving*; held
+        long-polls this node forwards for others are released with a NOOP (their clients poll
+        again, elsewhere); each local session gets up to ``drain_timeout / 2`` for packets
+        already queued to it (acks of calls in flight) to be delivered, then is dropped so
+        that its client reconnects at once, elsewhere (:func:`~siomesh.sessions.drop_session`);
+        then the node keeps forwarding to its peers until ``drain_timeout`` has passed, so that
+        balancers see the 503 before the listener closes. Idempotent; a node that never
+        started only turns unhealthy.
+        """
+        if self.state not in ("serving", "starting"):
+            return
+        started = self.state == "serving"
+        self.state = "draining"
+        self.draining.set()
+        if not started:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout
+        local = len(self.local_sids)
+        log.warning(
+            "siomesh node %s draining: leaving the cluster, handing %d sessions to peers",
+            self.config.node_url,
+            local,
+        )
+        if self.gossip is not None:
+            self.gossip.announce_leave()
+        # Each session is dropped at its first quiet moment (no call awaiting its ack, nothing
+        # queued for the client), or when half the bound has passed.
+        quiet_until = loop.time() + self.config.drain_timeout / 2
+        results = await asyncio.gather(
+            *(self._drop_when_quiet(sid, quiet_until) for sid in list(self.local_sids))
+        )
+        dropped = sum(results)
+        self.stats["drained_sessions"] = self.stats.get("drained_sessions", 0) + dropped
+        log.warning(
+            "siomesh node %s drained: %d sessions handed over; forwarding to peers for %.1f s "
+            "more, then stopping",
+            self.config.node_url,
+            dropped,
+            max(0.0, deadline - loop.time()),
+        )
+        # Keep listening until the bound: balancers see the 503 and stop sending, clients that
+        # reconnect through this node are forwarded to peers, and nothing is refused meanwhile.
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    async def _drop_when_quiet(self, sid: str, until: float) -> bool:
+        loop = asyncio.get_running_loop()
+        socket = self.local_sids.get(sid)
+        while socket is not None and not is_quiet(socket) and loop.time() < until:
+            await asyncio.sleep(0.005)
+            socket = self.local_sids.get(sid)
+        if socket is not None and not is_quiet(socket):
+            self.stats["drain_calls_cut"] = self.stats.get("drain_calls_cut", 0) + 1
+        return await drop_session(self.engine.eio, sid)
 
     async def shutdown(self) -> None:
         """Stop the background work; idempotent."""

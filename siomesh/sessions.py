@@ -31,3 +31,56 @@ async def drop_session(eio: Any, sid: str) -> bool:
         socket.queue.put_nowait(None)
     eio.sockets.pop(sid, None)
     return True
+
+
+def _expects_ack(data: Any) -> bool:
+    """Whether an Engine.IO message carries a Socket.IO EVENT (or BINARY_EVENT) with an ack
+    id: ``2[/ns,]<id>[...]`` or ``5<n>-[/ns,]<id>[...]``."""
+    if not isinstance(data, str) or not data or data[0] not in "25":
+        return False
+    i = 1
+    if data[0] == "5":
+        dash = data.find("-", 1)
+        if dash < 0:
+            return False
+        i = dash + 1
+    if data.startswith("/", i):
+        comma = data.find(",", i)
+        if comma < 0:
+            return False
+        i = comma + 1
+    return i < len(data) and data[i].isdigit()
+
+
+def _is_ack(data: Any) -> bool:
+    return isinstance(data, str) and data[:1] in ("3", "6")
+
+
+def track_calls(socket: Any) -> None:
+    """Count, on an ``engineio.async_socket.AsyncSocket``, the client's calls (events sent with
+    an ack id) whose ack has not been queued yet: ``socket.siomesh_calls``. Draining drops a
+    session only when it is quiet (:func:`is_quiet`), so that no call in flight loses its ack.
+    """
+    if getattr(socket, "siomesh_calls", None) is not None:
+        return
+    socket.siomesh_calls = 0
+    receive, send = socket.receive, socket.send
+
+    async def counting_receive(pkt: Any) -> Any:
+        if pkt.packet_type == 4 and _expects_ack(pkt.data):  # 4: Engine.IO MESSAGE
+            socket.siomesh_calls += 1
+        return await receive(pkt)
+
+    async def counting_send(pkt: Any) -> Any:
+        if pkt.packet_type == 4 and _is_ack(pkt.data) and socket.siomesh_calls > 0:
+            socket.siomesh_calls -= 1
+        return await send(pkt)
+
+    socket.receive = counting_receive
+    socket.send = counting_send
+
+
+def is_quiet(socket: Any) -> bool:
+    """No call of the client awaits its ack, and nothing is queued for the client."""
+    queue = getattr(socket, "queue", None)
+    return getattr(socket, "siomesh_calls", 0) == 0 and (queue is None or queue.empty())

@@ -165,7 +165,7 @@ class PeerChannel:
 
     def pump(self) -> None:
         """Send what can be sent now on the current link (dialling one if there is none)."""
-        if not self._unsent:
+        if not self._unsent and not self._unacked:
             return
         link = self._current_link(self.peer)
         if link is None:

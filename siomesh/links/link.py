@@ -30,7 +30,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .frames import FrameError, FrameType, decode_u32, encode_u32, open_frame, seal_frame
+from .frames import (
+    FrameError,
+    FrameType,
+    decode_u32,
+    encode_close,
+    encode_u32,
+    open_frame,
+    seal_frame,
+)
 
 __all__ = ["Dispatcher", "Link", "LinkClosed", "Stream"]
 
@@ -44,6 +52,18 @@ StreamHandler = Callable[["Link", "Stream", bytes], Awaitable[None]]
 
 #: Frame types that open a stream on the acceptor.
 OPENING = frozenset({FrameType.REQUEST, FrameType.WS_OPEN, FrameType.CALL})
+#: Frame types that only make sense inside a stream.
+_STREAM_ONLY = frozenset(
+    {
+        FrameType.RESPONSE,
+        FrameType.CANCEL,
+        FrameType.WS_ACCEPT,
+        FrameType.WS_DATA,
+        FrameType.WS_CLOSE,
+        FrameType.WINDOW,
+        FrameType.REPLY,
+    }
+)
 #: Close codes (RFC 6455): protocol error, going away.
 PROTOCOL_ERROR = 1002
 GOING_AWAY = 1001
@@ -301,7 +321,12 @@ class Link:
         if stream_id == 0:
             callback = self._dispatcher.callbacks.get(kind)
             if callback is None:
-                raise FrameError(f"{kind.name} frame without a stream")
+                if kind in OPENING or kind in _STREAM_ONLY:
+                    raise FrameError(f"{kind.name} frame without a stream")
+                # a known kind this node does not use (e.g. adapter messages to a node that
+                # keeps another client manager): dropped and counted, the link stays up
+                self.stats["link_frames_unhandled"] = self.stats.get("link_frames_unhandled", 0) + 1
+                return
             try:
                 callback(self, payload)
             except FrameError:
@@ -313,8 +338,15 @@ class Link:
             if self.dialler:
                 raise FrameError(f"{kind.name} from the accepting end")
             handler = self._dispatcher.handlers.get(kind)
-            if handler is None or stream_id in self.streams:
-                raise FrameError(f"unexpected {kind.name} on stream {stream_id}")
+            if stream_id in self.streams:
+                raise FrameError(f"{kind.name} reuses stream {stream_id}")
+            if handler is None:
+                self.stats["link_frames_unhandled"] = self.stats.get("link_frames_unhandled", 0) + 1
+                if kind is FrameType.CALL:
+                    self.send(FrameType.REPLY, stream_id, b"\x01no handler for calls here")
+                elif kind is FrameType.WS_OPEN:
+                    self.send(FrameType.WS_CLOSE, stream_id, encode_close(1011, "not served"))
+                return
             stream = Stream(self, stream_id)
             self.streams[stream_id] = stream
             task = asyncio.ensure_future(self._serve(handler, stream, payload))

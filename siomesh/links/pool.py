@@ -228,6 +228,12 @@ class LinkPool:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent",),
             )
+            if hasattr(self._session, "_retry_connection"):
+                # aiohttp resends an idempotent request (the upgrade is a GET) once when the
+                # connection drops before the answer; a link offer must never be sent twice
+                # (its nonce is refused the second time, which would look like a secret
+                # mismatch), so a failed dial fails, and the caller dials again with a new one.
+                self._session._retry_connection = False
         return self._session
 
     async def _dial(self, peer: str, kind: str) -> Link:

@@ -228,6 +228,7 @@ class GossipRuntime:
         self._task: asyncio.Task[None] | None = None
         self._dns_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._left = False
         stats = mesh.stats
         for key in (
             "gossip_messages_sent",
@@ -290,6 +291,15 @@ class GossipRuntime:
             self._dns_task = asyncio.ensure_future(self._dns_loop())
         self._task = asyncio.ensure_future(self._run())
 
+    def announce_leave(self) -> None:
+        """Tell every live peer this node is leaving (they record it as *left*, not dead, and
+        stop routing to it); idempotent. The runtime keeps running, so this node still sees
+        the cluster (a draining node forwards to its peers)."""
+        if self._left:
+            return
+        self._left = True
+        self._send(self.node.leave(time.monotonic()))
+
     async def stop(self) -> None:
         """Announce a graceful leave (bounded to 1 s), then stop every task."""
         self._stopping = True
@@ -298,7 +308,7 @@ class GossipRuntime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._send(self.node.leave(time.monotonic()))
+        self.announce_leave()
         # let the writers put the leave on the wire before the links close (bounded)
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline and self._links.pending_control():

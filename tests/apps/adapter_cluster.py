@@ -1,13 +1,13 @@
 """Real uvicorn nodes of ``tests.apps.adapter_app`` on loopback, for the adapter's integration
-tests and benchmark. Every process is started with its own pid recorded and ended by that pid;
-every wait is bounded. Also starts a throwaway ``redis-server`` the same way."""
+tests. Every process is started with its own pid recorded and ended by that pid;
+every wait is bounded. ``RedisServer`` (a throwaway ``redis-server``) and ``free_ports`` come
+from :mod:`siomesh.benchkit`."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,23 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from siomesh.benchkit.ports import free_ports
+from siomesh.benchkit.procs import RedisServer
+
 __all__ = ["AdapterCluster", "RedisServer", "free_ports"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "adapter-test-secret-0123456789"
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _end(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
@@ -133,48 +123,6 @@ class AdapterCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> AdapterCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class RedisServer:
-    """A private redis-server on a free loopback port, no persistence."""
-
-    def __init__(self, binary: str = "redis-server") -> None:
-        self.binary = binary
-        self.port = free_ports(1)[0]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _end(self.proc)
-
-    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

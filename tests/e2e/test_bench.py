@@ -1,4 +1,5 @@
-"""``siomesh bench --quick`` end to end: real nodes, real balancers, table + JSON + PNG."""
+"""``siomesh bench --quick`` end to end: real nodes, real balancers, table + JSON + PNG; and the
+``scale`` and ``latency`` scenarios in their quick modes."""
 
 from __future__ import annotations
 
@@ -56,3 +57,87 @@ def test_bench_rejects_unknown_scenario(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and "unknown scenario" in proc.stderr
+
+
+def _run_bench(
+    args: list[str], timeout: float, *, cwd: Path, prelude: str = "pass"
+) -> subprocess.CompletedProcess[str]:
+    """``siomesh bench ARGS`` run outside the checkout (so nothing from ``tests`` is importable:
+    the bench must work from the installed package alone)."""
+    code = f"import sys; {prelude}; from siomesh.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_bench_scale_quick(tmp_path: Path) -> None:
+    """60 clients (20 polling only) in one room, 5 broadcasts: mesh behind nginx round-robin
+    and sticky + Redis behind HAProxy both deliver every broadcast once, in order."""
+    for binary in ("nginx", "haproxy", "redis-server"):
+        require_binary(binary)
+    out = tmp_path / "out"
+    proc = _run_bench(
+        ["--scenario", "scale", "--quick", "--out", str(out)], timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "mesh/sticky" in proc.stdout and "got every broadcast once, in order" in proc.stdout
+    report = json.loads((out / "scale.json").read_text())
+    setups = {s["setup"]: s for s in report["setups"]}
+    for name in ("mesh", "sticky"):
+        setup = setups[name]
+        assert setup["skipped"] is None, setup
+        assert setup["connect"]["joined"] == 60, setup["connect"]
+        assert setup["connect"]["upgraded"] == 40, setup["connect"]
+        scale = setup["deliveries"]["scale"]
+        assert scale["complete"] == 60 and scale["lost"] == 0, scale
+        assert len(setup["node_rss_bytes"]) == 3 and all(setup["node_rss_bytes"])
+    # the sticky nodes share nothing but Redis; the mesh nodes talk to each other
+    assert setups["sticky"]["tcp_node_to_node"] == 0
+    assert setups["sticky"]["tcp_node_to_redis"] > 0
+    assert setups["mesh"]["tcp_node_to_node"] > 0
+    assert (out / "scale.txt").read_text().startswith("scale: 60 clients")
+
+
+def test_bench_latency_quick(tmp_path: Path) -> None:
+    """30 WebSocket receivers over 3 nodes: the mesh adapter and AsyncRedisManager both
+    deliver every paced and burst broadcast; latency and rate come out as numbers."""
+    require_binary("redis-server")
+    out = tmp_path / "out"
+    proc = _run_bench(
+        ["--scenario", "latency", "--quick", "--out", str(out)], timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "mesh/redis" in proc.stdout and "burst: deliveries/s" in proc.stdout
+    report = json.loads((out / "latency.json").read_text())
+    for setup in report["setups"]:
+        assert setup["skipped"] is None, setup
+        assert setup["connect"]["joined"] == 30, setup["connect"]
+        for tag, count in (("paced", 100), ("burst", 300)):
+            got = setup["deliveries"][tag]
+            assert got["expected"] == count and got["lost"] == 0, (setup["setup"], got)
+            assert got["complete"] == 30, (setup["setup"], got)
+            assert 0 < got["p99_s"] < 5, got
+        assert setup["spans_s"]["burst"] > 0
+
+
+def test_bench_help_lists_scenarios(tmp_path: Path) -> None:
+    proc = _run_bench(["--help"], timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "--scenario {roundtrip,scale,latency}" in proc.stdout
+
+
+def test_bench_finishes_without_matplotlib(tmp_path: Path) -> None:
+    """The chart is optional: without matplotlib the run ends with a one-line note, status 0."""
+    require_binary("haproxy")
+    out = tmp_path / "out"
+    args = ["--quick", "--only", "single", "--clients", "2", "--rounds", "1", "--out", str(out)]
+    # None in sys.modules makes ``import matplotlib`` raise ImportError, as when not installed
+    proc = _run_bench(args, timeout=120, cwd=tmp_path, prelude="sys.modules['matplotlib'] = None")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no bench.png: matplotlib is not installed" in proc.stderr
+    assert (out / "bench.json").exists() and not (out / "bench.png").exists()

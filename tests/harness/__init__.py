@@ -1,2 +1,4 @@
 """Real-process test harness: free loopback ports, uvicorn nodes, real load balancers and a
-socket.io client load driver. Free of pytest imports so benchmarks can reuse it."""
+socket.io client load driver. The code lives in :mod:`siomesh.benchkit` (``siomesh bench``
+drives it from an installed package); these modules re-export it for the tests, adding only
+what a source checkout needs (``REPO_ROOT``, the ``tests.apps`` apps on the nodes' path)."""

@@ -1,16 +1,14 @@
-"""Real load balancers in front of test nodes, started from the shipped configs in
-``examples/balancers`` rendered with free loopback ports and a per-test run directory."""
+"""Real load balancers from the shipped configs: see :mod:`siomesh.benchkit.balancers`."""
 
-from __future__ import annotations
-
-import os
-import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
-from .ports import LOOPBACK, free_port
-from .procs import REPO_ROOT, Proc, start_process, wait_http
+from siomesh.benchkit.balancers import (
+    BALANCERS,
+    CONFIG_DIR,
+    Balancer,
+    BalancerSpec,
+    binary_for,
+    render,
+    start_balancer,
+)
 
 __all__ = [
     "BALANCERS",
@@ -21,139 +19,3 @@ __all__ = [
     "render",
     "start_balancer",
 ]
-
-CONFIG_DIR = REPO_ROOT / "examples" / "balancers"
-APACHE_MODULES = "/usr/lib/apache2/modules"
-
-
-@dataclass(frozen=True)
-class BalancerSpec:
-    """How to run one balancer: its binary and its round-robin config template."""
-
-    name: str
-    binary: str
-    template: str
-
-
-BALANCERS: dict[str, BalancerSpec] = {
-    "nginx": BalancerSpec("nginx", "nginx", "nginx.conf"),
-    "haproxy": BalancerSpec("haproxy", "haproxy", "haproxy.cfg"),
-    "apache": BalancerSpec("apache", "apache2", "apache.conf"),
-    "caddy": BalancerSpec("caddy", "caddy", "Caddyfile"),
-}
-_SEARCH_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"]
-)
-
-
-def binary_for(name: str) -> str | None:
-    """Full path of a balancer's (or any) binary, also looking in the sbin directories."""
-    spec = BALANCERS.get(name)
-    return shutil.which(spec.binary if spec else name, path=_SEARCH_PATH)
-
-
-@dataclass
-class Balancer:
-    """A running balancer; ``url`` is where clients connect."""
-
-    name: str
-    port: int
-    proc: Proc
-    config_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def stop(self, grace: float = 2.0) -> None:
-        self.proc.stop(grace=grace)
-
-
-def render(template: str, *, listen_port: int, backends: Sequence[str], run_dir: Path) -> str:
-    """Fill a config template's placeholders. ``backends`` are ``host:port`` strings."""
-    text = (CONFIG_DIR / template).read_text()
-    values = {
-        "LISTEN": f"{LOOPBACK}:{listen_port}",
-        "LISTEN_PORT": str(listen_port),
-        "RUN_DIR": str(run_dir),
-        "MODULES": APACHE_MODULES,
-    }
-    for index, backend in enumerate(backends, start=1):
-        values[f"NODE_{index}"] = backend
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", value)
-    if "{{" in text:
-        start = text.index("{{")
-        raise ValueError(f"{template}: unfilled placeholder {text[start : start + 20]!r}")
-    return text
-
-
-def _argv(name: str, binary: str, config: Path, run_dir: Path) -> list[str]:
-    if name == "nginx":
-        # As root nginx would run its workers as "nobody", who cannot use the temp dirs here.
-        extra = " user root;" if os.geteuid() == 0 else ""
-        return [
-            binary,
-            "-p",
-            str(run_dir),
-            "-e",
-            str(run_dir / "error.log"),
-            "-c",
-            str(config),
-            "-g",
-            f"daemon off;{extra}",
-        ]
-    if name == "haproxy":
-        return [binary, "-db", "-f", str(config)]
-    if name == "apache":
-        return [binary, "-f", str(config), "-DFOREGROUND"]
-    if name == "caddy":
-        return [binary, "run", "--config", str(config), "--adapter", "caddyfile"]
-    raise ValueError(f"unknown balancer {name!r}")
-
-
-def start_balancer(
-    name: str,
-    backends: Sequence[str],
-    run_dir: Path,
-    *,
-    template: str | None = None,
-    ready_timeout: float = 20.0,
-    ready_path: str = "/_siomesh/health",
-) -> Balancer:
-    """Start balancer ``name`` (a key of :data:`BALANCERS`) in front of ``backends``.
-
-    Waits until ``ready_path`` answers 200 through it. Raises
-    :class:`~tests.harness.procs.ProcessError` (after stopping it) when it does not.
-    """
-    spec = BALANCERS[name]
-    binary = binary_for(name)
-    if binary is None:
-        raise FileNotFoundError(f"{spec.binary} is not installed")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config_name = template or spec.template
-    config = run_dir / config_name
-    config.write_text(render(config_name, listen_port=port, backends=backends, run_dir=run_dir))
-    env = dict(os.environ)
-    if name == "caddy":
-        # Caddy keeps state under $HOME / XDG dirs: keep it inside the run directory.
-        env.update(
-            HOME=str(run_dir),
-            XDG_DATA_HOME=str(run_dir / "data"),
-            XDG_CONFIG_HOME=str(run_dir / "config"),
-        )
-    proc = start_process(
-        name,
-        _argv(name, binary, config, run_dir),
-        log_path=run_dir / f"{name}.log",
-        env=env,
-        cwd=run_dir,
-    )
-    balancer = Balancer(name=name, port=port, proc=proc, config_path=config)
-    try:
-        wait_http(balancer.url + ready_path, timeout=ready_timeout, procs=[proc])
-    except BaseException:
-        balancer.stop()
-        raise
-    return balancer

@@ -1,27 +1,26 @@
-"""Real processes for integration tests: start them, wait for them, end them by pid.
-
-Every process is started in its own session, so a process that forks workers (nginx, apache)
-can be ended together with its children by the group id equal to its own pid. Every wait is
-bounded in time and in count.
-"""
+"""Real processes for integration tests: see :mod:`siomesh.benchkit.procs`. Here
+:func:`start_mesh` also puts the checkout on the nodes' ``PYTHONPATH``, so tests can serve
+``tests.apps.*`` apps."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .ports import LOOPBACK, free_ports
+from siomesh.benchkit import procs as _procs
+from siomesh.benchkit.procs import (
+    TEST_SECRET,
+    MeshCluster,
+    Node,
+    Proc,
+    ProcessError,
+    RedisServer,
+    http_get,
+    node_argv,
+    start_process,
+    stop_all,
+    wait_http,
+)
 
 __all__ = [
     "REPO_ROOT",
@@ -30,275 +29,20 @@ __all__ = [
     "Node",
     "Proc",
     "ProcessError",
+    "RedisServer",
     "http_get",
+    "node_argv",
     "start_mesh",
     "start_process",
     "stop_all",
     "wait_http",
 ]
 
+#: The source checkout holding ``tests/``.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: The cluster secret every test cluster shares (tests sign and forge with it).
-TEST_SECRET = "integration-test-secret-0123456789"
-_POLL = 0.05
-# Loopback only: never send a test request through an HTTP proxy named in the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class ProcessError(RuntimeError):
-    """A process did not start, exited early, or did not become ready in time."""
-
-
-@dataclass
-class Proc:
-    """A process we started; :meth:`stop` ends it (and its process group) by pid."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, limit: int = 4000) -> str:
-        try:
-            data = self.log_path.read_bytes()
-        except OSError:
-            return ""
-        return data[-limit:].decode("utf-8", "replace")
-
-    def kill(self) -> None:
-        """SIGKILL the process itself (a crash), then reap it."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
-
-    def terminate(self) -> None:
-        """Send SIGTERM (the start of :meth:`stop`) without waiting."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-
-    def stop(self, grace: float = 3.0) -> None:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL the whole process group."""
-        if self.alive():
-            self.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=grace)
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=5)
-        # Workers a master left behind (it was killed, or exited before them) share its group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-
-
-def start_process(
-    name: str,
-    argv: Sequence[str],
-    *,
-    log_path: Path,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> Proc:
-    """Start ``argv`` with stdout and stderr going to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            cwd=str(cwd or REPO_ROOT),
-            start_new_session=True,
-        )
-    return Proc(name=name, popen=popen, log_path=log_path)
-
-
-def http_get(url: str, *, timeout: float = 2.0) -> tuple[int, bytes]:
-    """A plain GET; returns (status, body); raises OSError when nothing answered."""
-    request = urllib.request.Request(url, method="GET")
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
-
-
-def wait_http(
-    url: str,
-    *,
-    timeout: float,
-    procs: Sequence[Proc] = (),
-    status: int = 200,
-) -> None:
-    """Wait until ``url`` answers ``status``; fail early if one of ``procs`` exits."""
-    deadline = time.monotonic() + timeout
-    attempts = int(timeout / _POLL) + 1
-    last = "no answer"
-    for _ in range(attempts):
-        for proc in procs:
-            if not proc.alive():
-                raise ProcessError(
-                    f"{proc.name} exited with {proc.popen.returncode} while waiting for {url}:\n"
-                    f"{proc.log_tail()}"
-                )
-        try:
-            code, body = http_get(url, timeout=1.0)
-            if code == status:
-                return
-            last = f"status {code}: {body[:200]!r}"
-        except OSError as exc:
-            last = repr(exc)
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(_POLL)
-    tails = "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in procs)
-    raise ProcessError(f"{url} not ready after {timeout}s ({last})\n{tails}")
-
-
-@dataclass
-class Node:
-    """One uvicorn node."""
-
-    index: int
-    port: int
-    proc: Proc
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-
-@dataclass
-class MeshCluster:
-    """Several nodes of one app; every node lists every node in ``SIOMESH_PEERS``."""
-
-    nodes: list[Node]
-    secret: str = TEST_SECRET
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def urls(self) -> list[str]:
-        return [n.url for n in self.nodes]
-
-    @property
-    def addresses(self) -> list[str]:
-        return [n.address for n in self.nodes]
-
-    def node_by_url(self, url: str) -> Node:
-        for node in self.nodes:
-            if node.url == url:
-                return node
-        raise KeyError(url)
-
-    def status(self, node: Node) -> dict[str, Any]:
-        code, body = http_get(node.url + "/_siomesh/status", timeout=5.0)
-        if code != 200:
-            raise ProcessError(f"{node.url}/_siomesh/status answered {code}")
-        result: dict[str, Any] = json.loads(body)
-        return result
-
-    def stats(self, key: str) -> dict[str, int]:
-        """``stats[key]`` of every live node, by node URL."""
-        return {n.url: int(self.status(n)["stats"][key]) for n in self.nodes if n.proc.alive()}
-
-    def total(self, key: str) -> int:
-        return sum(self.stats(key).values())
-
-    def stop(self) -> None:
-        stop_all([node.proc for node in self.nodes])
-
-
-def stop_all(procs: Sequence[Proc], grace: float = 3.0) -> None:
-    """Stop several processes: SIGTERM to all first, so their grace periods overlap."""
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            proc.stop(grace=max(0.0, deadline - time.monotonic()))
-
-
-def node_argv(app: str, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        # A pending long-poll would otherwise hold a graceful shutdown for 45 s.
-        "--timeout-graceful-shutdown",
-        "1",
-    ]
-
-
-def start_mesh(
-    count: int,
-    workdir: Path,
-    *,
-    app: str = "tests.apps.echo:app",
-    env: Mapping[str, str] | None = None,
-    secret: str = TEST_SECRET,
-    ready_timeout: float = 30.0,
-    health_path: str = "/_siomesh/health",
-) -> MeshCluster:
-    """Start ``count`` nodes of ``app`` on free loopback ports and wait until all are healthy.
-
-    On any failure every node already started is stopped before the error propagates.
-    """
-    ports = free_ports(count)
-    urls = [f"http://{LOOPBACK}:{p}" for p in ports]
-    base = dict(os.environ)
-    base.update(
-        {
-            "SIOMESH_PEERS": ",".join(urls),
-            "SIOMESH_SECRET": secret,
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(REPO_ROOT),
-        }
-    )
-    base.update(env or {})
-    cluster = MeshCluster(nodes=[], secret=secret, env=dict(env or {}))
-    try:
-        for index, port in enumerate(ports):
-            node_env = dict(base)
-            node_env["SIOMESH_NODE_URL"] = urls[index]
-            proc = start_process(
-                f"node{index + 1}",
-                node_argv(app, port),
-                log_path=workdir / f"node{index + 1}-{port}.log",
-                env=node_env,
-            )
-            cluster.nodes.append(Node(index=index, port=port, proc=proc))
-        deadline = time.monotonic() + ready_timeout
-        for node in cluster.nodes:
-            wait_http(
-                node.url + health_path,
-                timeout=max(0.1, deadline - time.monotonic()),
-                procs=[node.proc],
-            )
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
+def start_mesh(count: int, workdir: Path, **options: Any) -> MeshCluster:
+    """:func:`siomesh.benchkit.procs.start_mesh`, with ``tests.apps`` importable by the nodes."""
+    options.setdefault("pythonpath", [str(REPO_ROOT)])
+    return _procs.start_mesh(count, workdir, **options)

@@ -1,5 +1,5 @@
-"""PeerLink (ordering, batching, retries, drops) and MeshManager (installation, routing,
-cross-node emits, acks and calls) in-process: two meshes wired to each other without sockets."""
+"""MeshManager (installation, routing, cross-node emits, acks, calls, delivery guarantees)
+in-process: meshes connected by real peer links over an in-memory network (no sockets)."""
 
 from __future__ import annotations
 
@@ -11,195 +11,55 @@ from typing import Any
 import pytest
 import socketio
 
+import siomesh.adapter.manager as manager_module
 from siomesh import SioMesh
-from siomesh.adapter import LinkSettings, MeshManager, PartialResult, install_adapter
-from siomesh.adapter.links import PeerLink
-from siomesh.adapter.wire import DedupWindow, decode_batch
-from siomesh.runtime.peers import PeerError
+from siomesh.adapter import MeshManager, PartialResult, install_adapter
+from siomesh.links.frames import FrameType, encode_u64_pair
+from siomesh.links.link import Link
 from siomesh.sid import make_sid
+
+from .memlinks import MemoryNet
 
 SECRET = "adapter-unit-secret-0123456789"
 A = "http://127.0.0.1:9101"
 B = "http://127.0.0.1:9102"
 C = "http://127.0.0.1:9103"
+T = 3.0  # bound of every wait
 
 
-# -- PeerLink --------------------------------------------------------------------------------
-
-
-class Receiver:
-    """A peer that records what it delivered, deduplicating like the real endpoint."""
-
-    def __init__(self, fail_after_delivery: int = 0, fail_before: int = 0) -> None:
-        self.dedup = DedupWindow()
-        self.delivered: list[str] = []
-        self.batches: list[int] = []
-        self.fail_after_delivery = fail_after_delivery
-        self.fail_before = fail_before
-
-    async def send(self, peer: str, body: bytes) -> bytes:
-        if self.fail_before:
-            self.fail_before -= 1
-            raise PeerError("connection refused")
-        batch = decode_batch(body)
-        self.batches.append(len(batch.messages))
-        for seq, msg in batch.messages:
-            if self.dedup.accept(peer, batch.epoch, seq):
-                self.delivered.append(msg["m"])
-        if self.fail_after_delivery:
-            # the peer applied the batch but the answer was lost: the sender retries
-            self.fail_after_delivery -= 1
-            raise PeerError("timeout")
-        return b"ok"
-
-
-def link(
-    receiver: Receiver, alive: bool = True, **settings: Any
-) -> tuple[PeerLink, dict[str, bool]]:
-    state = {"alive": alive}
-    defaults: dict[str, Any] = {"backoff": 0.001, "max_backoff": 0.002}
-    defaults.update(settings)
-    return (
-        PeerLink(
-            B,
-            epoch=1,
-            send=receiver.send,
-            is_alive=lambda url: state["alive"],
-            settings=LinkSettings(**defaults),
-        ),
-        state,
-    )
-
-
-async def drain(peer_link: PeerLink, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(peer_link) and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
-
-
-async def test_link_sends_in_order_in_batches() -> None:
-    rx = Receiver()
-    ln, _ = link(rx, max_batch=100)
-    for i in range(1000):
-        ln.enqueue(json.dumps({"m": str(i)}))
-    ln.start()
-    await drain(ln)
-    await ln.stop(0)
-    assert rx.delivered == [str(i) for i in range(1000)]
-    assert max(rx.batches) == 100 and len(rx.batches) == 10
-    assert ln.stats["sent"] == 1000
-
-
-async def test_link_batches_respect_the_byte_budget() -> None:
-    rx = Receiver()
-    ln, _ = link(rx, max_batch_bytes=1000)
-    ln.start()
-    for i in range(20):
-        ln.enqueue(json.dumps({"m": str(i), "pad": "x" * 300}))
-    await drain(ln)
-    await ln.stop(0)
-    assert len(rx.delivered) == 20 and max(rx.batches) <= 3
-
-
-async def test_a_retry_after_a_lost_answer_never_delivers_twice() -> None:
-    rx = Receiver(fail_after_delivery=3)
-    ln, _ = link(rx, max_batch=7)
-    for i in range(50):
-        ln.enqueue(json.dumps({"m": str(i)}))
-    ln.start()
-    await drain(ln)
-    await ln.stop(0)
-    assert rx.delivered == [str(i) for i in range(50)]
-    assert ln.stats["retries"] == 3 and ln.stats["dropped"] == 0
-
-
-async def test_transient_failures_are_retried() -> None:
-    rx = Receiver(fail_before=2)
-    ln, _ = link(rx, retries=3)
-    ln.enqueue(json.dumps({"m": "x"}))
-    ln.start()
-    await drain(ln)
-    await ln.stop(0)
-    assert rx.delivered == ["x"] and ln.stats["retries"] == 2
-
-
-async def test_exhausted_retries_drop_the_batch_then_single_attempts() -> None:
-    rx = Receiver(fail_before=4)
-    ln, _ = link(rx, retries=3, max_batch=1)
-    ln.enqueue(json.dumps({"m": "lost"}))
-    ln.enqueue(json.dumps({"m": "lost-too"}))  # failing: a single attempt
-    ln.enqueue(json.dumps({"m": "kept"}))
-    ln.start()
-    await drain(ln)
-    await ln.stop(0)
-    assert rx.delivered == ["kept"]
-    assert ln.stats["dropped"] == 2
-
-
-async def test_a_4xx_answer_is_not_retried() -> None:
-    calls = 0
-
-    async def refuse(peer: str, body: bytes) -> bytes:
-        nonlocal calls
-        calls += 1
-        raise PeerError("HTTP 400", 400)
-
-    ln = PeerLink(B, epoch=1, send=refuse, is_alive=lambda u: True, settings=LinkSettings())
-    ln.enqueue("{}")
-    ln.start()
-    await drain(ln)
-    await ln.stop(0)
-    assert calls == 1 and ln.stats["dropped"] == 1
-
-
-async def test_dead_peer_queue_is_dropped_and_full_queue_refuses_without_blocking() -> None:
-    rx = Receiver()
-    ln, state = link(rx, max_queue=10)
-    state["alive"] = False
-    accepted = [ln.enqueue(json.dumps({"m": str(i)})) for i in range(15)]
-    assert accepted == [True] * 10 + [False] * 5
-    assert ln.stats["refused"] == 5
-    ln.start()
-    await drain(ln)
-    await ln.stop(0)
-    assert rx.delivered == [] and ln.stats["dropped"] == 10
-
-
-async def test_stop_flushes_then_drops() -> None:
-    gate = asyncio.Event()
-
-    async def blocked(peer: str, body: bytes) -> bytes:
-        await gate.wait()
-        return b"ok"
-
-    ln = PeerLink(B, epoch=1, send=blocked, is_alive=lambda u: True, settings=LinkSettings())
-    ln.start()
-    for _ in range(5):
-        ln.enqueue("{}")
-    assert await ln.stop(0.05) == 5
-    assert not ln.running
-
-
-# -- MeshManager -----------------------------------------------------------------------------
-
-
-def node(url: str, **kw: Any) -> tuple[SioMesh, socketio.AsyncServer]:
+def node(url: str, peers: tuple[str, ...] = (A, B), **kw: Any) -> tuple[SioMesh, Any]:
     sio = socketio.AsyncServer(async_mode="asgi", **kw)
-    mesh = SioMesh(socketio.ASGIApp(sio), node_url=url, peers=[A, B], secret=SECRET, env={})
+    mesh = SioMesh(socketio.ASGIApp(sio), node_url=url, peers=list(peers), secret=SECRET, env={})
     return mesh, sio
 
 
 def adapter(mesh: SioMesh) -> MeshManager:
-    assert mesh.adapter is not None
-    return mesh.adapter
+    manager = mesh.node.adapter
+    assert manager is not None
+    return manager
+
+
+async def until(condition: Any, timeout: float = T) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.002)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+# -- installation and routing ----------------------------------------------------------------
 
 
 def test_installed_on_the_default_manager_only() -> None:
     mesh, sio = node(A)
     assert isinstance(sio.manager, MeshManager) and sio.manager is mesh.adapter
     assert sio.manager.server is sio
-    assert {"adapter", "adapter-call"} <= set(mesh._endpoints)
-    assert install_adapter(mesh) is None  # already a MeshManager: not the default type
+    dispatcher = mesh.links.dispatcher
+    assert {FrameType.ADAPTER, FrameType.ADAPTER_GAP, FrameType.ADAPTER_ACK} <= set(
+        dispatcher.callbacks
+    )
+    assert FrameType.CALL in dispatcher.handlers
+    assert install_adapter(mesh.node) is None  # already a MeshManager: not the default type
 
     redis = socketio.AsyncRedisManager("redis://127.0.0.1:1/0")
     mesh2, sio2 = node(A, client_manager=redis)
@@ -211,6 +71,7 @@ def test_installed_on_the_default_manager_only() -> None:
         socketio.ASGIApp(sio3), node_url=A, peers=[B], secret=SECRET, env={}, adapter=False
     )
     assert mesh3.adapter is None and sio3.manager is plain
+    assert FrameType.ADAPTER not in mesh3.links.dispatcher.callbacks
 
 
 def test_routing_by_sid_tag_room_directory_and_broadcast() -> None:
@@ -221,44 +82,46 @@ def test_routing_by_sid_tag_room_directory_and_broadcast() -> None:
     sid_unknown = make_sid(mesh.keys, C, 1, b"\x03" * 12)
     assert mgr.sid_owner(sid_b) == B and mgr.sid_owner(sid_a) == A
     assert mgr.sid_owner(sid_unknown) == "" and mgr.sid_owner("room") is None
+    assert mgr.sid_owner(42) is None
     assert mgr._peers_for("/", None) == [B]
     assert mgr._peers_for("/", sid_b) == [B]
     assert mgr._peers_for("/", sid_a) == []
     assert mgr._peers_for("/", sid_unknown) == []
     assert mgr._peers_for("/", "room") == [B]  # no room directory: every live peer
 
-    mesh.cluster.room_owners = lambda ns, room: set() if room == "empty" else None  # type: ignore[attr-defined]
+    cluster: Any = mesh.node.cluster
+    cluster.room_owners = lambda ns, room: set() if room == "empty" else None
     assert mgr._peers_for("/", "empty") == []
     assert mgr._peers_for("/", ["empty", sid_b]) == [B]
     assert mgr._peers_for("/", ["empty", "unknown"]) == [B]
 
 
-async def connected(sio: socketio.AsyncServer, eio_sid: str, namespace: str = "/") -> str:
+# -- two meshes over in-memory links -----------------------------------------------------------
+
+
+async def connected(sio: Any, eio_sid: str, namespace: str = "/") -> str:
     sid: str = await sio.manager.connect(eio_sid, namespace)
     return sid
 
 
-class Pair:
-    """Meshes A and B whose adapters talk through direct calls instead of HTTP."""
+class Cluster:
+    """Meshes whose adapters talk over real links in memory; records what each node sends to
+    its clients (``sent[url]``: (eio sid, encoded packet))."""
 
-    def __init__(self) -> None:
-        self.a, self.sio_a = node(A)
-        self.b, self.sio_b = node(B)
-        self.sent: dict[str, list[tuple[str, Any]]] = {A: [], B: []}
-        for mesh, sio, url in ((self.a, self.sio_a, A), (self.b, self.sio_b, B)):
-            self._wire(mesh, url)
+    def __init__(self, *urls: str) -> None:
+        self.net = MemoryNet()
+        self.meshes: dict[str, SioMesh] = {}
+        self.sios: dict[str, Any] = {}
+        self.sent: dict[str, list[tuple[str, Any]]] = {}
+        for url in urls:
+            mesh, sio = node(url, peers=urls)
+            self.net.attach(mesh)
+            self.meshes[url] = mesh
+            self.sios[url] = sio
+            self.sent[url] = []
             self._record(sio, url)
 
-    def _wire(self, mesh: SioMesh, url: str) -> None:
-        async def post(peer: str, endpoint: str, body: bytes, *, timeout: float) -> bytes:
-            target = adapter(self.b if peer == B else self.a)
-            if endpoint == "adapter":
-                return await target.handle_batch(body, url)
-            return await target.handle_call(body, url)
-
-        mesh.peers.post = post  # type: ignore[method-assign,assignment]
-
-    def _record(self, sio: socketio.AsyncServer, url: str) -> None:
+    def _record(self, sio: Any, url: str) -> None:
         async def send_eio(eio_sid: str, pkt: Any) -> None:
             self.sent[url].append((eio_sid, pkt.data))
 
@@ -268,21 +131,40 @@ class Pair:
         sio._send_eio_packet = send_eio
         sio._send_packet = send_pkt
 
-    async def __aenter__(self) -> Pair:
-        await self.a.startup()
-        await self.b.startup()
+    def mgr(self, url: str) -> MeshManager:
+        return adapter(self.meshes[url])
+
+    async def __aenter__(self) -> Cluster:
+        for mesh in self.meshes.values():
+            await mesh.startup()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.a.shutdown()
-        await self.b.shutdown()
+        await self.net.aclose()
+
+    def queued(self) -> int:
+        return sum(sum(self.mgr(url).queue_sizes().values()) for url in self.meshes)
 
     async def settle(self) -> None:
-        for _ in range(200):
-            if not any(adapter(m).queue_sizes().get(p) for m, p in ((self.a, B), (self.b, A))):
-                break
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.01)
+        """Every adapter message acknowledged (so applied) everywhere."""
+        await until(lambda: self.queued() == 0)
+        await asyncio.sleep(0.005)
+
+    def data_link(self, source: str, peer: str) -> Link:
+        link = self.meshes[source].node.links.current(peer, "data")
+        assert link is not None
+        return link
+
+
+class Pair(Cluster):
+    def __init__(self) -> None:
+        super().__init__(A, B)
+        self.a, self.b = self.meshes[A], self.meshes[B]
+        self.sio_a, self.sio_b = self.sios[A], self.sios[B]
+
+    async def __aenter__(self) -> Pair:
+        await super().__aenter__()
+        return self
 
 
 async def test_emits_reach_the_other_node_with_skip_and_rooms() -> None:
@@ -301,6 +183,18 @@ async def test_emits_reach_the_other_node_with_skip_and_rooms() -> None:
         assert [e for e, d in got if "room" in d] == ["eioB2"]
         assert [e for e, d in got if "direct" in d] == ["eioB1"]  # binary: placeholder + att.
         assert p.sent[A] == []
+        assert adapter(p.b).stats["received"] == 4
+
+
+async def test_emits_arrive_in_order() -> None:
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        for i in range(300):
+            await p.sio_a.emit("n", i)
+        await p.settle()
+        assert [d for _, d in p.sent[B]] == [f'2["n",{i}]' for i in range(300)]
+        assert p.mgr(A).link_stats()[B]["sent"] == 300
+        assert p.mgr(A).link_stats()[B]["acked"] == 300
 
 
 async def test_ack_returns_to_the_calling_node() -> None:
@@ -314,6 +208,12 @@ async def test_ack_returns_to_the_calling_node() -> None:
         await adapter(p.b).trigger_callback(b1, 1, ["ok", b"\x01"])  # the client acks on B
         await p.settle()
         assert answers == [("ok", b"\x01")]
+
+
+async def test_callback_needs_a_single_room() -> None:
+    async with Pair() as p:
+        with pytest.raises(ValueError, match="single room"):
+            await p.sio_a.emit("ask", "q", callback=lambda *a: None)
 
 
 async def test_remote_room_changes_and_disconnect() -> None:
@@ -330,12 +230,27 @@ async def test_remote_room_changes_and_disconnect() -> None:
         assert not p.sio_b.manager.is_connected(b1, "/")
 
 
+async def test_close_room_everywhere() -> None:
+    async with Pair() as p:
+        b1 = await connected(p.sio_b, "eioB1")
+        await p.sio_b.enter_room(b1, "doomed")
+        await p.sio_a.close_room("doomed")
+        await p.settle()
+        assert "doomed" not in p.sio_b.manager.get_rooms(b1, "/")
+
+
 async def test_cluster_calls() -> None:
     async with Pair() as p:
         b1 = await connected(p.sio_b, "eioB1")
         a1 = await connected(p.sio_a, "eioA1")
         adapter(p.b).on_server_event("hello", lambda *args: ["B", *args])
+
+        @adapter(p.b).on_server_event("async")
+        async def handler(x: int) -> int:
+            return x + 1
+
         assert await adapter(p.a).server_side_emit("hello", 1, with_ack=True) == [["B", 1]]
+        assert await adapter(p.a).server_side_emit("async", 41, with_ack=True) == [42]
         assert await adapter(p.a).server_side_emit("nobody", with_ack=True) == []
         sockets = await adapter(p.a).fetch_sockets()
         assert {(s.sid, s.owner) for s in sockets} == {(a1, A), (b1, B)}
@@ -346,54 +261,273 @@ async def test_cluster_calls() -> None:
         await p.settle()
         assert await adapter(p.a).all_rooms() == set()
         assert adapter(p.a).server_count() == 2
+        # calls go on the control link, adapter messages on the data link
+        assert p.a.links.current(B, "control") is not None
+
+
+async def test_server_side_emit_without_ack_is_ordered_with_emits() -> None:
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        seen: list[Any] = []
+        adapter(p.b).on_server_event("mark", lambda *args: seen.append(("event", *args)))
+        original = p.sent[B]
+        await p.sio_a.emit("before", 1)
+        assert await adapter(p.a).server_side_emit("mark", 2) is None
+        await p.sio_a.emit("after", 3)
+        await p.settle()
+        assert seen == [("event", 2)] and len(original) == 2
+
+
+async def test_remote_socket_methods_act_where_the_client_is() -> None:
+    async with Pair() as p:
+        b1 = await connected(p.sio_b, "eioB1")
+        (remote,) = [s for s in await adapter(p.a).fetch_sockets() if s.owner == B]
+        await remote.join("vip")
+        await p.settle()
+        assert "vip" in p.sio_b.manager.get_rooms(b1, "/")
+        await remote.emit("hi", "there")
+        await p.settle()
+        assert p.sent[B][-1] == ("eioB1", '2["hi","there"]')
+        await remote.leave("vip")
+        await p.settle()
+        assert "vip" not in p.sio_b.manager.get_rooms(b1, "/")
+
+
+async def test_a_resent_message_is_applied_once() -> None:
+    """The link breaks after the peer applied messages but before their acks arrived: the
+    sender resends them on the next link and the receiver drops the duplicates."""
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        dispatcher = p.a.links.dispatcher
+        on_ack = dispatcher.callbacks[FrameType.ADAPTER_ACK]
+        dispatcher.on(FrameType.ADAPTER_ACK, lambda link, payload: None)  # acks are lost
+        for i in range(5):
+            await p.sio_a.emit("n", i)
+        await until(lambda: adapter(p.b).stats["received"] == 5)
+        assert p.mgr(A).queue_sizes()[B] == 5  # applied there, not acknowledged here
+        first = p.data_link(A, B)
+        await first.shutdown(reason="cut")
+        dispatcher.on(FrameType.ADAPTER_ACK, on_ack)
+        await p.sio_a.emit("n", 5)  # the next message brings up a new link
+        await p.settle()
+        assert p.data_link(A, B) is not first
+        assert [d for _, d in p.sent[B]] == [f'2["n",{i}]' for i in range(6)]
+        assert adapter(p.b).stats["duplicates"] == 5 and adapter(p.b).stats["received"] == 6
+        assert p.mgr(A).link_stats()[B]["resent"] == 5
+
+
+async def test_messages_wait_for_an_unreachable_member_then_arrive_in_order() -> None:
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        p.net.down.add(B)
+        for i in range(10):
+            await p.sio_a.emit("n", i)  # never blocks
+        await asyncio.sleep(0.05)
+        assert p.mgr(A).queue_sizes()[B] == 10 and p.sent[B] == []
+        p.net.down.discard(B)
+        p.a.links._backoff.clear()  # do not wait out the dial backoff
+        await p.sio_a.emit("n", 10)
+        await p.settle()
+        assert [d for _, d in p.sent[B]] == [f'2["n",{i}]' for i in range(11)]
+
+
+async def test_queue_bound_folds_into_a_gap_and_the_peer_resyncs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(manager_module, "TICK", 0.01)
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        b2 = await connected(p.sio_b, "eioB2")
+        await p.sio_b.enter_room(b2, "blue")
+        p.mgr(A).settings.max_queue = 5
+        p.net.down.add(B)
+        started = time.monotonic()
+        for i in range(20):
+            await p.sio_a.emit("n", i, to="blue")
+        assert time.monotonic() - started < 1  # never blocks on the unreachable peer
+        assert p.mgr(A).queue_sizes()[B] == 5
+        stats = p.mgr(A).link_stats()[B]
+        assert stats["gaps"] == 1 and stats["gap_messages"] == 15
+        p.net.down.discard(B)
+        p.a.links._backoff.clear()
+        await p.settle()  # the tick pumps: 5 messages, then the gap
+        assert [d for _, d in p.sent[B]] == [f'2["n",{i}]' for i in range(5)]
+        b = adapter(p.b)
+        assert b.stats["gaps_received"] == 1
+        assert b.stats["resync_disconnects"] == 1  # only the room's client: it may have missed some
+
+
+async def test_a_dead_peers_queue_becomes_one_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manager_module, "TICK", 0.01)
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        alive = {"yes": True}
+        cluster = p.a.cluster
+        is_live = cluster.is_live_member
+        monkeypatch.setattr(cluster, "is_live_member", lambda url: alive["yes"] and is_live(url))
+        p.net.down.add(B)
+        for i in range(3):
+            await p.sio_a.emit("n", i)
+        alive["yes"] = False  # gossip declares B dead
+        await until(lambda: p.mgr(A).link_stats()[B]["gaps"] == 1)
+        assert p.mgr(A).queue_sizes()[B] == 0
+        assert p.mgr(A).link_stats()[B]["gap_messages"] == 3
+        # it comes back: it gets the gap, and its clients resync instead of missing messages
+        alive["yes"] = True
+        p.net.down.discard(B)
+        p.a.links._backoff.clear()
+        await p.settle()
+        await until(lambda: adapter(p.b).stats["gaps_received"] == 1)
+        assert p.sent[B] == [] and adapter(p.b).stats["resync_disconnects"] == 1
+
+
+async def test_stop_flushes_then_gives_up() -> None:
+    async with Pair() as p:
+        mgr = p.mgr(A)
+        mgr.flush_timeout = 0.05
+        p.net.down.add(B)
+        await p.sio_a.emit("n", 1)
+        started = time.monotonic()
+        await mgr.stop()
+        assert time.monotonic() - started < 1
+        assert not mgr.running
+
+
+# -- cluster calls that do not all come back ---------------------------------------------------
 
 
 async def test_cluster_call_to_a_silent_peer_is_partial() -> None:
+    async with Pair() as p:
+
+        async def hang(body: bytes, sender: str) -> bytes:
+            await asyncio.sleep(10)
+            return b"{}"
+
+        adapter(p.b).handle_call = hang  # type: ignore[method-assign]
+        started = time.monotonic()
+        with pytest.raises(PartialResult) as info:
+            await adapter(p.a).server_side_emit("x", with_ack=True, timeout=0.1)
+        assert time.monotonic() - started < 1
+        assert str(info.value) == "timeout reached: missing 1 responses"
+        assert info.value.responses == [] and info.value.missing == [B]
+        assert isinstance(info.value, TimeoutError)
+
+
+async def test_cluster_call_to_an_unreachable_peer_is_partial_at_once() -> None:
+    async with Pair() as p:
+        p.net.down.add(B)
+        started = time.monotonic()
+        with pytest.raises(PartialResult) as info:
+            await adapter(p.a).all_rooms(timeout=2)
+        assert time.monotonic() - started < 1
+        assert info.value.responses == set() and info.value.missing == [B]
+
+
+async def test_partial_result_keeps_the_answers_that_came() -> None:
+    async with Cluster(A, B, C) as c:
+        await connected(c.sios[B], "eioB1")
+        await connected(c.sios[C], "eioC1")
+
+        async def hang(body: bytes, sender: str) -> bytes:
+            await asyncio.sleep(10)
+            return b"{}"
+
+        c.mgr(C).handle_call = hang  # type: ignore[method-assign]
+        c.mgr(B).on_server_event("who", lambda: "B")
+        with pytest.raises(PartialResult) as info:
+            await c.mgr(A).server_side_emit("who", with_ack=True, timeout=0.2)
+        assert info.value.responses == ["B"] and info.value.missing == [C]
+        with pytest.raises(PartialResult) as sockets:
+            await c.mgr(A).fetch_sockets(timeout=0.2)
+        assert [(s.owner, s.namespace) for s in sockets.value.responses] == [(B, "/")]
+
+
+async def test_a_failing_handler_is_a_missing_answer() -> None:
+    async with Pair() as p:
+
+        def boom() -> None:
+            raise ValueError("handler bug")
+
+        adapter(p.b).on_server_event("boom", boom)
+        with pytest.raises(PartialResult) as info:
+            await adapter(p.a).server_side_emit("boom", with_ack=True, timeout=1)
+        assert info.value.missing == [B]
+        assert adapter(p.b).stats["bad_messages"] == 1
+
+
+# -- what a peer may send ----------------------------------------------------------------------
+
+
+async def test_bad_adapter_messages_are_counted_acked_and_skipped() -> None:
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        epoch = p.a.generation
+        for seq, body in enumerate(
+            [b"garbage", b"[1,2]", json.dumps({"m": "nope", "ns": "/"}).encode(), b'{"m":"emit"}'],
+            start=1,
+        ):
+            assert p.a.links.post(B, "data", FrameType.ADAPTER, encode_u64_pair(epoch, seq, body))
+        acks: list[bytes] = []
+        p.a.links.dispatcher.on(FrameType.ADAPTER_ACK, lambda link, payload: acks.append(payload))
+        await until(lambda: acks and acks[-1] == encode_u64_pair(epoch, 4))
+        assert adapter(p.b).stats["bad_messages"] == 4
+        assert p.data_link(A, B).is_open  # the link stays up
+        # and the next genuine message still goes through
+        p.a.links.post(
+            B,
+            "data",
+            FrameType.ADAPTER,
+            encode_u64_pair(
+                epoch, 5, json.dumps({"m": "emit", "ns": "/", "event": "ok", "args": []}).encode()
+            ),
+        )
+        await until(lambda: p.sent[B])
+        assert p.sent[B] == [("eioB1", '2["ok"]')]
+
+
+async def test_a_truncated_adapter_frame_is_a_protocol_error() -> None:
+    async with Pair() as p:
+        assert p.a.links.post(B, "data", FrameType.ADAPTER, b"short")
+        await until(lambda: p.b.stats["link_protocol_errors"] == 1)
+        await until(lambda: p.a.links.current(B, "data") is None)
+
+
+async def test_a_bad_call_is_answered_with_an_error() -> None:
+    async with Pair() as p:
+        link = await asyncio.wait_for(p.a.links.get(B, "control"), T)
+        for body in (b"not json", b"[]", b'{"op":"steal","ns":"/"}', b'{"op":"all_rooms"}'):
+            stream = link.open_stream()
+            stream.send(FrameType.CALL, body)
+            kind, payload = await stream.next(T)
+            stream.close()
+            assert kind is FrameType.REPLY and payload[:1] == b"\x01", body
+        assert adapter(p.b).stats["bad_messages"] == 4
+        assert link.is_open
+
+
+async def test_old_http_adapter_endpoints_are_gone() -> None:
     mesh, _ = node(A)
+    read = False
 
-    async def hang(peer: str, endpoint: str, body: bytes, *, timeout: float) -> bytes:
-        await asyncio.sleep(10)
-        return b""
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        read = True
+        return {"type": "http.request", "body": b"x", "more_body": False}
 
-    mesh.peers.post = hang  # type: ignore[method-assign,assignment]
-    started = time.monotonic()
-    with pytest.raises(PartialResult) as info:
-        await adapter(mesh).server_side_emit("x", with_ack=True, timeout=0.1)
-    assert time.monotonic() - started < 1
-    assert str(info.value) == "timeout reached: missing 1 responses"
-    assert info.value.responses == [] and info.value.missing == [B]
-    assert isinstance(info.value, TimeoutError)
+    sent: list[dict[str, Any]] = []
 
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
 
-async def test_bad_batches_are_400_and_unsigned_401() -> None:
-    mesh, _ = node(A)
-    body = b"garbage"
-
-    async def post(headers: dict[str, str]) -> int:
-        sent: list[dict[str, Any]] = []
-        scope = {
+    for path in ("/_siomesh/adapter", "/_siomesh/adapter-call"):
+        scope: dict[str, Any] = {
             "type": "http",
             "method": "POST",
-            "path": "/_siomesh/adapter",
+            "path": path,
             "query_string": b"",
-            "headers": [(k.encode(), v.encode()) for k, v in headers.items()]
-            + [(b"content-length", str(len(body)).encode())],
+            "headers": [],
         }
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0)
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
         await mesh(scope, receive, send)
-        status: int = sent[0]["status"]
-        return status
-
-    assert await post({}) == 401
-    signed = mesh.signer.sign(
-        method="POST", path="/_siomesh/adapter", query="", node_url=B, now=time.time(), body=body
-    )
-    assert await post(signed) == 400
+        assert sent[-2]["status"] == 404
+    assert not read
     await mesh.shutdown()

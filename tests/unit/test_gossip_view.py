@@ -60,13 +60,22 @@ def test_room_owners_only_when_asked_for() -> None:
 
 
 def test_tracked_sockets_report_changes() -> None:
-    added: list[str] = []
+    added: list[tuple[str, Any]] = []
+    also_added: list[str] = []
     removed: list[str] = []
-    sockets: dict[str, Any] = TrackedSockets({}, added.append, removed.append)
+    sockets: dict[str, Any] = TrackedSockets(
+        {"old": 0},
+        [lambda sid, socket: added.append((sid, socket)), lambda sid, _: also_added.append(sid)],
+        [removed.append],
+    )
+    assert added == [("old", 0)]  # sessions present before tracking are reported too
     sockets["a"] = 1
     sockets["a"] = 2  # replacing is not a new session
     sockets["b"] = 3
     del sockets["a"]
     sockets.pop("b")
     sockets.pop("zzz", None)
-    assert added == ["a", "b"] and removed == ["a", "b"]
+    assert added == [("old", 0), ("a", 1), ("b", 3)]
+    assert also_added == ["old", "a", "b"]
+    assert removed == ["a", "b"]
+    assert dict(sockets) == {"old": 0}

@@ -1,0 +1,47 @@
+"""The events both bench apps answer, so that every setup serves the same workload.
+
+* ``echo`` (acks its argument back), ``whoami`` (acks the node URL);
+* ``join`` ``room`` (acks ``True`` once the sender is in it);
+* ``broadcast`` ``{"room", "tag", "count", "interval"}``: ``count`` emits of ``b``
+  ``[tag, i, t]`` to ``room`` (``t``: ``time.monotonic()`` at the emit, which client processes
+  on the same machine compare with their own clock), ``interval`` seconds apart; acks ``count``
+  after the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+__all__ = ["register"]
+
+#: The most broadcasts one ``broadcast`` event may ask for.
+MAX_BROADCASTS = 100_000
+
+
+def register(sio: Any, node: str) -> None:
+    """Add the bench events to the python-socketio ``AsyncServer`` ``sio``."""
+
+    async def echo(sid: str, data: Any) -> Any:
+        return data
+
+    async def whoami(sid: str) -> str:
+        return node
+
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True
+
+    async def broadcast(sid: str, spec: dict[str, Any]) -> int:
+        room, tag = spec.get("room"), str(spec.get("tag", ""))
+        count = max(0, min(int(spec.get("count", 1)), MAX_BROADCASTS))
+        interval = max(0.0, float(spec.get("interval", 0.0)))
+        for i in range(count):
+            await sio.emit("b", [tag, i, time.monotonic()], to=room)
+            if interval:
+                await asyncio.sleep(interval)
+        return count
+
+    for handler in (echo, whoami, join, broadcast):
+        sio.on(handler.__name__, handler)

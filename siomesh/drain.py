@@ -1,0 +1,67 @@
+"""Drain on SIGTERM: hand the node's clients to its peers *before* the server stops listening.
+
+uvicorn (and ``siomesh run``'s workers, which are uvicorn servers) close their listening socket
+as soon as SIGTERM arrives, and only then run the ASGI lifespan shutdown: too late for a health
+check to turn 503, for the node to tell its peers it is leaving, or for a client to be handed
+over while its requests can still reach this node. So, at lifespan startup, siomesh wraps the
+server's SIGTERM handler: the first SIGTERM starts :meth:`MeshNode.drain
+<siomesh.node.MeshNode.drain>` (bounded by ``drain_timeout``) and calls the server's own handler
+when it is done; a second SIGTERM calls the server's handler at once.
+
+Only a Python-level handler installed with :func:`signal.signal` (uvicorn's) is wrapped; under a
+server that handles signals otherwise, siomesh leaves them alone and drains at lifespan shutdown
+instead. Must be called from the main thread, on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .node import MeshNode
+
+__all__ = ["drain_on_sigterm"]
+
+log = logging.getLogger("siomesh")
+
+
+def drain_on_sigterm(node: MeshNode) -> bool:
+    """Wrap the current SIGTERM handler as described above; True if it was wrapped."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    original = signal.getsignal(signal.SIGTERM)
+    if not callable(original) or getattr(original, "_siomesh_drain", False):
+        return False
+    loop = asyncio.get_running_loop()
+    task: asyncio.Task[None] | None = None
+
+    async def drain_then_stop(signum: int, frame: FrameType | None) -> None:
+        try:
+            await asyncio.wait_for(node.drain(), node.config.drain_timeout + 1.0)
+        except Exception:
+            log.exception("siomesh drain failed; stopping anyway")
+        assert callable(original)
+        original(signum, frame)
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        nonlocal task
+        if task is None:
+            task = loop.create_task(drain_then_stop(signum, frame))
+
+    def handler(signum: int, frame: FrameType | None) -> Any:
+        if task is None and not loop.is_closed():
+            # a signal handler may run in the middle of the loop's own bookkeeping: hand the
+            # work to the loop instead of touching it here
+            loop.call_soon_threadsafe(start, signum, frame)
+            return None
+        assert callable(original)
+        return original(signum, frame)  # second SIGTERM: stop now
+
+    handler._siomesh_drain = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, handler)
+    return True

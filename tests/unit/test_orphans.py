@@ -1,0 +1,149 @@
+"""Orphaned long-polls (siomesh.orphans) on a real python-engineio socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+import engineio
+import pytest
+from engineio import exceptions as eio_exceptions
+from engineio import packet
+from engineio.async_socket import AsyncSocket
+
+from siomesh.orphans import ORPHANED, guard_poll
+
+T = 2.0
+
+
+def make_socket(ping_interval: float = 25, ping_timeout: float = 20) -> AsyncSocket:
+    server = engineio.AsyncServer(
+        async_mode="asgi", ping_interval=ping_interval, ping_timeout=ping_timeout
+    )
+    socket = AsyncSocket(server, "sid-under-test")
+    guard_poll(socket)
+    return socket
+
+
+def msg(text: str) -> packet.Packet:
+    return packet.Packet(packet.MESSAGE, data=text)
+
+
+async def orphanable_poll(socket: AsyncSocket, orphaned: asyncio.Event) -> list[packet.Packet]:
+    """Run ``socket.poll`` the way a forwarded request does: with ORPHANED set."""
+    token = ORPHANED.set(orphaned)
+    try:
+        result: list[packet.Packet] = await socket.poll()
+        return result
+    finally:
+        ORPHANED.reset(token)
+
+
+def test_guard_is_installed_once() -> None:
+    socket = make_socket()
+    guarded = socket.poll
+    guard_poll(socket)
+    assert socket.poll is guarded
+
+
+async def test_without_orphaned_the_original_poll_runs() -> None:
+    socket = make_socket()
+    assert ORPHANED.get() is None
+    await socket.queue.put(msg("a"))
+    await socket.queue.put(msg("b"))
+    packets = await asyncio.wait_for(socket.poll(), T)
+    assert [p.data for p in packets] == ["a", "b"]
+    assert socket.queue.empty()
+
+
+async def test_without_orphaned_a_timeout_is_engineios_queue_empty() -> None:
+    socket = make_socket(ping_interval=0.02, ping_timeout=0.02)
+    with pytest.raises(eio_exceptions.QueueEmpty):
+        await asyncio.wait_for(socket.poll(), T)
+
+
+async def test_without_orphaned_a_packet_arriving_later_is_returned() -> None:
+    socket = make_socket()
+    waiting = asyncio.ensure_future(socket.poll())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    await socket.queue.put(msg("late"))
+    assert [p.data for p in await asyncio.wait_for(waiting, T)] == ["late"]
+
+
+async def test_orphaned_poll_returns_nothing_and_leaves_the_queue() -> None:
+    socket = make_socket()
+    orphaned = asyncio.Event()
+    waiting = asyncio.ensure_future(orphanable_poll(socket, orphaned))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # held like a long-poll
+    orphaned.set()  # the forwarder went away before any packet
+    assert await asyncio.wait_for(waiting, T) == []
+    # a packet sent afterwards stays for the client's next (retried) poll
+    await socket.queue.put(msg("for the retry"))
+    await asyncio.sleep(0.01)
+    assert socket.queue.qsize() == 1
+    packets = await asyncio.wait_for(socket.poll(), T)
+    assert [p.data for p in packets] == ["for the retry"]
+
+
+async def test_already_orphaned_poll_returns_at_once() -> None:
+    socket = make_socket()
+    orphaned = asyncio.Event()
+    orphaned.set()
+    assert await asyncio.wait_for(orphanable_poll(socket, orphaned), T) == []
+    await socket.queue.put(msg("kept"))
+    assert socket.queue.qsize() == 1
+
+
+async def test_orphanable_poll_returns_queued_packets() -> None:
+    socket = make_socket()
+    orphaned = asyncio.Event()
+    for text in ("a", "b", "c"):
+        await socket.queue.put(msg(text))
+    packets = await asyncio.wait_for(orphanable_poll(socket, orphaned), T)
+    assert [p.data for p in packets] == ["a", "b", "c"]
+    assert socket.queue.empty()
+    # every get was matched by task_done: join() does not hang
+    await asyncio.wait_for(socket.queue.join(), T)
+
+
+async def test_orphanable_poll_returns_a_packet_arriving_before_the_event() -> None:
+    socket = make_socket()
+    orphaned = asyncio.Event()
+    waiting = asyncio.ensure_future(orphanable_poll(socket, orphaned))
+    await asyncio.sleep(0.01)
+    await socket.queue.put(msg("in time"))
+    assert [p.data for p in await asyncio.wait_for(waiting, T)] == ["in time"]
+    orphaned.set()  # too late to matter
+
+
+async def test_orphanable_poll_stops_at_the_close_marker() -> None:
+    socket = make_socket()
+    await socket.queue.put(msg("last"))
+    await socket.queue.put(None)  # python-engineio's "socket closing" marker
+    packets = await asyncio.wait_for(orphanable_poll(socket, asyncio.Event()), T)
+    assert [p.data for p in packets] == ["last"]
+    # the marker is put back for the next poll, which returns nothing
+    assert await asyncio.wait_for(orphanable_poll(socket, asyncio.Event()), T) == []
+
+
+async def test_orphanable_poll_times_out_like_engineio() -> None:
+    socket = make_socket(ping_interval=0.02, ping_timeout=0.02)
+    with pytest.raises(eio_exceptions.QueueEmpty):
+        await asyncio.wait_for(orphanable_poll(socket, asyncio.Event()), T)
+    await socket.queue.put(msg("after the timeout"))
+    assert socket.queue.qsize() == 1  # the timed-out getter took nothing
+
+
+async def test_two_waiting_polls_one_orphaned() -> None:
+    """python-engineio lets two polls wait; the orphaned one must not take the packet."""
+    socket = make_socket()
+    orphaned = asyncio.Event()
+    orphan = asyncio.ensure_future(orphanable_poll(socket, orphaned))
+    await asyncio.sleep(0.01)
+    retry = asyncio.ensure_future(socket.poll())
+    await asyncio.sleep(0.01)
+    orphaned.set()
+    assert await asyncio.wait_for(orphan, T) == []
+    await socket.queue.put(msg("ack"))
+    assert [p.data for p in await asyncio.wait_for(retry, T)] == ["ack"]
