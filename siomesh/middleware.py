@@ -129,9 +129,9 @@ class SioMesh:
         """Start the node's background work; idempotent."""
         await self.node.startup()
 
-    async def drain(self) -> None:
-        """Report 503 on the health endpoint from now on."""
-        await self.node.drain()
+    async def drain(self, *, linger: bool = True) -> None:
+        """Hand this node's clients to its peers (see :meth:`MeshNode.drain`)."""
+        await self.node.drain(linger=linger)
 
     async def shutdown(self) -> None:
         """Stop the node's background work; idempotent."""
@@ -151,7 +151,8 @@ class SioMesh:
                     log.exception("siomesh startup failed")
                     startup_failed = True
             elif message["type"] == "lifespan.shutdown":
-                await self.drain()
+                # the server stopped listening already: hand the sessions over, no lingering
+                await self.node.drain(linger=False)
             return message
 
         async def wrapped_send(message: dict[str, Any]) -> None:

@@ -219,7 +219,7 @@ class MeshNode:
             self.state = "serving"
             log.info("siomesh node %s serving (tag %s)", self.config.node_url, self.node_tag)
 
-    async def drain(self) -> None:
+    async def drain(self, *, linger: bool = True) -> None:
         """Hand this node's clients to its peers, then return (bounded by ``drain_timeout``).
 
         In order: health answers 503 and new sessions are created on peers (the middleware
@@ -229,8 +229,9 @@ class MeshNode:
         already queued to it (acks of calls in flight) to be delivered, then is dropped so
         that its client reconnects at once, elsewhere (:func:`~siomesh.sessions.drop_session`);
         then the node keeps forwarding to its peers until ``drain_timeout`` has passed, so that
-        balancers see the 503 before the listener closes. Idempotent; a node that never
-        started only turns unhealthy.
+        balancers see the 503 before the listener closes (``linger=False`` skips that: at
+        lifespan shutdown the server has stopped listening already). Idempotent; a node that
+        never started only turns unhealthy.
         """
         if self.state not in ("serving", "starting"):
             return
@@ -266,7 +267,8 @@ class MeshNode:
         )
         # Keep listening until the bound: balancers see the 503 and stop sending, clients that
         # reconnect through this node are forwarded to peers, and nothing is refused meanwhile.
-        await asyncio.sleep(max(0.0, deadline - loop.time()))
+        if linger:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
 
     async def _drop_when_quiet(self, sid: str, until: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -13,7 +13,9 @@ server) and :func:`port_problem` (the port is taken, possibly by another ``siome
 
 The supervisor (:func:`supervise`) starts the workers as child processes, restarts one that dies
 (with a bounded backoff), and on SIGINT/SIGTERM stops all of them by pid, waiting at most
-``stop_timeout`` seconds before SIGKILL.
+``stop_timeout`` seconds before SIGKILL. SIGHUP restarts the workers one by one (a rolling
+deploy): each drains on its SIGTERM, so its clients move to the others, and the next one goes
+only when the restarted one is healthy.
 """
 
 from __future__ import annotations
@@ -332,6 +334,34 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
             proc.wait(timeout=5)
 
 
+def _rolling_restart(
+    plan: WorkerPlan,
+    procs: list[subprocess.Popen[bytes]],
+    log_level: str,
+    stop_timeout: float,
+    stopping: Callable[[], bool],
+) -> None:
+    """Restart the workers one by one (SIGHUP): each drains (SIGTERM: its clients move to the
+    others), exits, is started again, and is healthy before the next one goes."""
+    for i in range(len(procs)):
+        if stopping():
+            return
+        print(f"siomesh: restarting worker {i}", file=sys.stderr, flush=True)
+        _stop([procs[i]], stop_timeout)
+        procs[i] = _spawn(plan, i, log_level)
+        url = plan.node_url(i) + "/_siomesh/health"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and procs[i].poll() is None and not stopping():
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.1)
+    print("siomesh: rolling restart done", file=sys.stderr, flush=True)
+
+
 def supervise(
     plan: WorkerPlan,
     *,
@@ -349,12 +379,22 @@ def supervise(
     # siomesh cluster included: the probe does not use SO_REUSEPORT).
     _probe_bind(plan.host, plan.port)
     stopping = False
+    restart = False
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    def is_stopping() -> bool:
+        return stopping
+
+    def request_restart(signum: int, frame: object) -> None:
+        nonlocal restart
+        restart = True
+
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGHUP"):
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, request_restart)
     procs = [_spawn(plan, i, log_level) for i in range(len(plan.private_ports))]
     failures: list[list[float]] = [[] for _ in procs]
     backoff = [0.5 for _ in procs]
@@ -364,6 +404,10 @@ def supervise(
     try:
         while not stopping and not (should_stop and should_stop()):
             time.sleep(0.2)
+            if restart:
+                restart = False
+                _rolling_restart(plan, procs, log_level, stop_timeout, is_stopping)
+                continue
             for i, proc in enumerate(procs):
                 if proc.poll() is None:
                     continue

@@ -48,6 +48,7 @@ MAX_PROCESSES = 8
 #: How many packets a client accepts in one long-poll response (python-engineio's default: 16).
 MAX_PACKETS_PER_POLL = 100_000
 _POLL = 0.05
+_REFUSED = "Connection refused by the server"
 
 
 def raise_fd_limit() -> int:
@@ -183,7 +184,12 @@ class _Receiver:
                 timeout + 1,
             )
         except (Exception, asyncio.TimeoutError) as exc:
-            return _Outcome(connected=False, error=f"connect: {_reason(exc)}")
+            reason = _reason(exc)
+            if reason.endswith(_REFUSED):
+                # python-engineio's words for any failed handshake request whose error has no
+                # text: in practice its own 5 s request timeout (a refused TCP connect has text)
+                reason += " (a handshake request that failed without a message: its 5 s timeout)"
+            return _Outcome(connected=False, error=f"connect: {reason}")
         ended = time.monotonic()
         outcome = _Outcome(
             connected=True, connect_s=ended - began, connected_at=ended, transport=None

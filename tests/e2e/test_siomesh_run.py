@@ -304,3 +304,61 @@ def test_a_placeholder_secret_is_refused_before_any_worker_starts() -> None:
     assert len(lines) == 1, lines
     assert "secret looks like a placeholder" in lines[0]
     assert "token_urlsafe" in lines[0]
+
+
+async def test_sighup_restarts_workers_one_by_one_and_clients_stay(
+    tmp_path: Path,
+) -> None:
+    """A rolling restart (SIGHUP): each worker drains, its clients move to the others, it comes
+    back; every client stays connected and keeps getting answers."""
+    with run_cluster(["run", ECHO_APP, "--workers", "3"], tmp_path, workers=3) as cluster:
+        clients: list[socketio.AsyncClient] = []
+        answered = [0] * 8
+        failed: list[list[str]] = [[] for _ in range(8)]
+        stop = asyncio.Event()
+
+        async def calls(index: int, client: socketio.AsyncClient) -> None:
+            n = 0
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+                if not client.connected:
+                    continue
+                n += 1
+                try:
+                    assert await client.call("echo", {"i": index, "n": n}, timeout=5) == {
+                        "i": index,
+                        "n": n,
+                    }
+                    answered[index] += 1
+                except Exception as exc:
+                    failed[index].append(repr(exc))
+
+        for i in range(8):
+            client = socketio.AsyncClient(reconnection_delay=0.1, reconnection_delay_max=0.5)
+            transports = ["polling"] if i % 2 == 0 else ["websocket"]
+            await asyncio.wait_for(client.connect(cluster.url, transports=transports), 15)
+            clients.append(client)
+        loops = [asyncio.ensure_future(calls(i, c)) for i, c in enumerate(clients)]
+        try:
+            await asyncio.sleep(1.0)
+            before = list(answered)
+            cluster.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while "rolling restart done" not in cluster.output():
+                assert time.monotonic() < deadline, cluster.output()
+                await asyncio.sleep(0.2)
+            assert cluster.output().count("restarting worker") == 3
+            await asyncio.sleep(2.0)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), 10)
+            for i, client in enumerate(clients):
+                assert client.connected, i
+                assert answered[i] > before[i] + 5, (i, answered[i], before[i])
+                # a client can lose the call in flight each time its worker is drained
+                assert len(failed[i]) <= 3, (i, failed[i])
+            for worker in cluster.workers:
+                assert http_get(worker + "/_siomesh/health")[0] == 200
+        finally:
+            stop.set()
+            for client in clients:
+                await drop(client)
