@@ -237,13 +237,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--broadcasts",
         type=_count,
         default=None,
-        help="room broadcasts (scale: 20; latency: paced ones, 1000, the burst is 3x that)",
+        help="room broadcasts (scale: 20; latency: paced ones, 200, and a burst of 3x that)",
     )
     parser.add_argument(
         "--interval",
         type=float,
         default=None,
-        help="seconds between broadcasts (scale: 0.25; latency, paced ones: 0.005)",
+        help="seconds between broadcasts (scale: 0.25; latency, paced ones: 0.05)",
     )
     parser.add_argument(
         "--client-procs",
@@ -304,8 +304,8 @@ def _broadcasts(args: argparse.Namespace) -> int:
     latency = broadcasts.LatencyParams()
     if quick:
         latency = broadcasts.LatencyParams(
-            receivers=30, paced=100, burst=300, connect_timeout=15.0, call_timeout=10.0,
-            delivery_wait=15.0,
+            receivers=30, paced=100, interval=0.02, burst=300, connect_timeout=15.0,
+            call_timeout=10.0, delivery_wait=15.0,
         )  # fmt: skip
     latency = replace(
         latency,

@@ -189,6 +189,12 @@ def _format_status(data: dict[str, Any]) -> str:
     for member in members:
         extra = "  ".join(f"{k}={v}" for k, v in member.items() if k not in ("url", "state"))
         lines.append(f"  {member.get('url'):<32} {member.get('state'):<8} {extra}".rstrip())
+    seeds = data.get("seeds", [])
+    if seeds:
+        lines.append(f"seeds    {len(seeds)}")
+        for seed in seeds:
+            state = "linked" if seed.get("linked") else f"NOT LINKED: {seed.get('error') or '?'}"
+            lines.append(f"  {seed.get('url'):<32} {state}")
     directory = data.get("directory", {})
     if directory:
         lines.append(

@@ -306,6 +306,7 @@ class SioMesh:
                 {
                     "status": self.node.state,
                     "node": self.config.node_url,
+                    "instance": self.node.instance,
                     "sessions": len(self.node.local_sids),
                 }
             ).encode()

@@ -39,6 +39,7 @@ from .metrics import MeshCollector
 from .orphans import guard_poll
 from .runtime.gossip import GossipRuntime, TrackedSockets
 from .seams import Hook
+from .selfcheck import self_checks
 from .sessions import drop_session, is_quiet, track_calls
 from .sid import SidKeys, generation_tag, make_sid, node_tag
 
@@ -93,6 +94,9 @@ class MeshNode:
         self.engine: EngineTarget = find_engine(app, server, engineio_path)
         #: This process's generation: later starts get larger numbers.
         self.generation = time.time_ns()
+        #: a random name of this process, shown by the health endpoint: a node that finds
+        #: another instance behind its own node_url knows two processes claim it
+        self.instance = secrets.token_hex(6)
         self.keys = SidKeys.from_secret(self.config.secret)
         self.node_tag = node_tag(self.keys, self.config.node_url)
         self.generation_tag = generation_tag(self.keys, self.generation)
@@ -108,6 +112,7 @@ class MeshNode:
         self.state = "starting"
         #: set when draining begins: held forwarded polls are released, handshakes forwarded
         self.draining = asyncio.Event()
+        self._checks: asyncio.Future[None] | None = None
         self.stats: dict[str, int] = {
             "forwarded": 0,
             "forward_errors": 0,
@@ -217,6 +222,7 @@ class MeshNode:
             for hook in self._startup_hooks:
                 await hook()
             self.state = "serving"
+            self._checks = asyncio.ensure_future(self_checks(self, self.links.warn))
             log.info("siomesh node %s serving (tag %s)", self.config.node_url, self.node_tag)
 
     async def drain(self, *, linger: bool = True) -> None:
@@ -285,6 +291,8 @@ class MeshNode:
         if self.state == "stopped":
             return
         self.state = "stopped"
+        if self._checks is not None:
+            self._checks.cancel()
         for hook in reversed(self._shutdown_hooks):
             try:
                 await hook()
@@ -356,6 +364,15 @@ class MeshNode:
             "members": self._members_status(),
             "directory": self._directory_sizes(),
             "links": self.links.peer_links(),
+            "seeds": [
+                {
+                    "url": seed,
+                    "linked": self.links.current(seed, "control") is not None,
+                    "error": self.links.last_errors.get(seed),
+                }
+                for seed in self.config.peers
+                if seed != self.config.node_url
+            ],
             "relayed_websockets": self.stats.get("relayed_websockets", 0),
         }
 

@@ -63,9 +63,13 @@ class ScaleParams:
 @dataclass(frozen=True)
 class LatencyParams:
     receivers: int = 150
-    paced: int = 1000
-    interval: float = 0.005
-    burst: int = 3000
+    # Light enough (3,000 deliveries/s) that latency is the path, not a queue: at 5 ms
+    # (30,000/s) a 2-core machine falls seconds behind within a second.
+    paced: int = 200
+    interval: float = 0.05
+    # 90,000 deliveries: a few seconds. Much more and the nodes, busy emitting, read no pong
+    # for 20 s and close every socket (python-engineio's ping timeout), in both setups.
+    burst: int = 600
     warmup: int = 20
     connect_timeout: float = 30.0
     call_timeout: float = 30.0

@@ -124,6 +124,8 @@ class LinkPool:
         self._down_listeners: list[LinkListener] = []
         self._closing = False
         self.warn = RateLimitedLog(log)
+        #: why the last dial to each peer failed (cleared when one succeeds), for status
+        self.last_errors: dict[str, str] = {}
 
     # -- listeners ------------------------------------------------------------------------------
 
@@ -207,6 +209,8 @@ class LinkPool:
         self._dialling.pop(key, None)
         pending = self._pending.pop(key, None)
         if future.cancelled() or future.exception() is not None:
+            if not future.cancelled():
+                self.last_errors[key[0]] = str(future.exception())
             _, last = self._backoff.get(key, (0.0, 0.0))
             delay = min(max(last * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
             self._backoff[key] = (time.monotonic() + delay, delay)
@@ -214,6 +218,7 @@ class LinkPool:
                 self.stats["link_pending_dropped"] += len(pending)
             return
         self._backoff.pop(key, None)
+        self.last_errors.pop(key[0], None)
         link = future.result()
         if pending:
             for frame, payload in pending:
