@@ -9,7 +9,9 @@
   alone, optionally on ``AsyncRedisManager``);
 * :mod:`~siomesh.benchkit.load`: acked round trips from N concurrent clients;
 * :mod:`~siomesh.benchkit.fleet`: thousands of room receivers spread over client processes;
-* :mod:`~siomesh.benchkit.sysinfo`: RSS and TCP connections of processes, from ``/proc``.
+* :mod:`~siomesh.benchkit.sysinfo`: RSS and TCP connections of processes, from ``/proc``;
+* :mod:`~siomesh.benchkit.broadcasts`: the ``scale`` and ``latency`` scenarios of
+  ``siomesh bench`` (:mod:`siomesh.bench` has the ``roundtrip`` one and the options).
 
 The test suite reuses these through ``tests/harness`` and ``tests/apps``. Every wait here is
 bounded; every process is ended by its pid.

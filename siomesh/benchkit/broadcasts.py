@@ -67,8 +67,8 @@ class LatencyParams:
     # (30,000/s) a 2-core machine falls seconds behind within a second.
     paced: int = 200
     interval: float = 0.05
-    # 90,000 deliveries: a few seconds. Much more and the nodes, busy emitting, read no pong
-    # for 20 s and close every socket (python-engineio's ping timeout), in both setups.
+    # 90,000 deliveries: a few seconds. At 3,000 (450,000 deliveries) every receiver lost its
+    # WebSocket a few seconds in, in both setups: the figures then measure a collapse.
     burst: int = 600
     warmup: int = 20
     connect_timeout: float = 30.0
