@@ -244,7 +244,8 @@ class Forwarder:
             if not stream.send(FrameType.REQUEST, encode_meta_body(meta.to_wire(), body)):
                 raise OwnerUnreachable(f"{target}: link closed or full, request not sent")
             try:
-                if scope.get("method") == "GET":
+                if scope.get("method") == "GET" and b"sid=" in scope.get("query_string", b""):
+                    # a long-poll: held up to ping_interval + ping_timeout by the owner
                     answer = await self._held_answer(stream, receive)
                     if answer is None:
                         stream.send(FrameType.CANCEL, b"")
@@ -261,7 +262,7 @@ class Forwarder:
                         return True
                     kind, payload = answer
                 else:
-                    # the owner answers a POST at once: no need to watch the client meanwhile
+                    # a POST or a handshake: answered at once, no need to watch the client
                     kind, payload = await stream.next(self._request_timeout)
             except (LinkClosed, asyncio.TimeoutError) as exc:
                 if isinstance(exc, asyncio.TimeoutError):

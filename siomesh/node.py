@@ -113,6 +113,7 @@ class MeshNode:
         #: set when draining begins: held forwarded polls are released, handshakes forwarded
         self.draining = asyncio.Event()
         self._checks: asyncio.Future[None] | None = None
+        self._drain_hooks: list[Callable[[], None]] = []
         self.stats: dict[str, int] = {
             "forwarded": 0,
             "forward_errors": 0,
@@ -195,6 +196,10 @@ class MeshNode:
         """Run ``hook`` when the mesh starts (before the wrapped app's startup completes)."""
         self._startup_hooks.append(hook)
 
+    def on_drain(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` when draining begins (e.g. to stop accepting on a shared port)."""
+        self._drain_hooks.append(hook)
+
     def on_shutdown(self, hook: Hook) -> None:
         """Run ``hook`` when the mesh stops (after the wrapped app's shutdown), in reverse order."""
         self._shutdown_hooks.append(hook)
@@ -244,6 +249,11 @@ class MeshNode:
         started = self.state == "serving"
         self.state = "draining"
         self.draining.set()
+        for hook in self._drain_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("siomesh drain hook failed")
         if not started:
             return
         loop = asyncio.get_running_loop()

@@ -302,6 +302,17 @@ def worker_main(host: str, port: int, private_port: int, spec: str, log_level: s
     private.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     private.bind((private_host, private_port))
     private.listen(2048)
+    public_address = public.getsockname()
+
+    def stop_accepting_public() -> None:
+        # Draining: the kernel must stop queueing new connections here, or those still queued
+        # when this worker exits are reset (SO_REUSEPORT does not hand them to the others).
+        # The private port stays open: peers still forward to this worker while it drains.
+        for listener in getattr(server, "servers", []):
+            if any(s.getsockname() == public_address for s in listener.sockets):
+                listener.close()
+
+    app.node.on_drain(stop_accepting_public)
     server.run(sockets=[public, private])
 
 
