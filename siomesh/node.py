@@ -352,6 +352,9 @@ class MeshNode:
         under ``stats`` and metrics export as ``siomesh_<name>``."""
         stats = dict(self.stats)
         stats["links_open"] = self.links.open_links()
+        if self.gossip is not None:
+            for key, value in self.gossip.node.membership_counts().items():
+                stats[f"gossip_{key}"] = value
         adapter = self.adapter
         if adapter is not None:
             for key, value in adapter.stats.items():

@@ -91,6 +91,9 @@ class Outcome:
     redis_rss: int | None = None
     node_links: int | None = None
     redis_links: int | None = None
+    #: summed over the mesh nodes: suspicions raised, and suspicions refuted (false ones)
+    suspicions: int | None = None
+    false_suspicions: int | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -122,6 +125,11 @@ class _Setup:
         ports = {n.port for n in self.cluster.nodes}
         outcome.node_rss = [rss_bytes(pid) for pid in pids]
         outcome.node_links = connections_to(pids, ports)
+        if self.redis is None:  # a mesh: how gossip fared under the load
+            with contextlib.suppress(Exception):
+                stats = [self.cluster.status(n)["stats"] for n in self.cluster.nodes]
+                outcome.suspicions = sum(s.get("gossip_suspected", 0) for s in stats)
+                outcome.false_suspicions = sum(s.get("gossip_refuted", 0) for s in stats)
         if self.redis is not None:
             outcome.redis_rss = rss_bytes(self.redis.proc.pid) if self.redis.proc else None
             outcome.redis_links = connections_to(pids, {self.redis.port})
@@ -414,6 +422,11 @@ _COST_ROWS: list[_Row] = [
     ("RSS of redis-server (MB)", lambda o: _mb(o.redis_rss) if o.redis_rss else "-", False),
     ("TCP connections node -> node", lambda o: o.node_links, False),
     ("TCP connections node -> redis", lambda o: o.redis_links, False),
+    (
+        "gossip suspicions (false ones)",
+        lambda o: "-" if o.suspicions is None else f"{o.suspicions} ({o.false_suspicions})",
+        False,
+    ),
 ]
 
 

@@ -160,6 +160,11 @@ class Node:
     def me(self) -> Member:
         return self._membership.me
 
+    def membership_counts(self) -> dict[str, int]:
+        """Suspicions raised, suspicions of this node refuted (it was alive: a false
+        suspicion), members declared dead."""
+        return dict(self._membership.counts)
+
     def members(self) -> list[Member]:
         """Every known member including self and DEAD/LEFT tombstones."""
         return self._membership.all()
