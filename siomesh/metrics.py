@@ -38,6 +38,7 @@ _GAUGES = {
     "relayed_websockets": "WebSockets this node relays for another owner, open now",
     "links_open": "peer links open now (both directions)",
     "adapter_queued": "adapter messages waiting for a peer's acknowledgement",
+    "gossip_local_health": "Lifeguard local health score (0: healthy; probes slowed by 1 + score)",
 }
 
 

@@ -73,6 +73,12 @@ class GossipConfig:
     tombstone_ttl: float = 60.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_piggyback: int = 16
+    #: Lifeguard's local health awareness: each probe that fails, and each suspicion of this
+    #: node it must refute, raises a local health score (a success lowers it); probe timeout
+    #: and interval are multiplied by ``1 + score``, up to ``1 + max_local_health``. A node
+    #: whose own event loop is starved (CPU, GC, a burst of clients) thus stops accusing its
+    #: healthy peers of its own slowness. 0 disables it.
+    max_local_health: int = 8
 
     def __post_init__(self) -> None:
         if not 0 < self.probe_timeout < self.probe_interval:
@@ -85,6 +91,8 @@ class GossipConfig:
             raise ValueError("indirect_checks must be >= 0")
         if not 0 < self.suspicion_min_mult <= self.suspicion_mult:
             raise ValueError("need 0 < suspicion_min_mult <= suspicion_mult")
+        if self.max_local_health < 0:
+            raise ValueError("max_local_health must be >= 0")
         if self.max_message_bytes < 2000:
             raise ValueError("max_message_bytes must be at least 2000")
 

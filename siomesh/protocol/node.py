@@ -125,6 +125,7 @@ class Node:
         self._seq = 0
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
+        self._health = 0  # Lifeguard local health score (see GossipConfig.max_local_health)
         self._relays: dict[int, tuple[str, int, float]] = {}  # our seq -> (url, their seq, exp)
         self._broadcasts = _Broadcasts()
         self._pushed = 0  # own directory versions already pushed eagerly
@@ -162,8 +163,8 @@ class Node:
 
     def membership_counts(self) -> dict[str, int]:
         """Suspicions raised, suspicions of this node refuted (it was alive: a false
-        suspicion), members declared dead."""
-        return dict(self._membership.counts)
+        suspicion), members declared dead, and the current local health score."""
+        return {**self._membership.counts, "local_health": self._health}
 
     def members(self) -> list[Member]:
         """Every known member including self and DEAD/LEFT tombstones."""
@@ -186,7 +187,7 @@ class Node:
         times = [self._next_probe, self._next_gossip, self._next_ae, self._next_gc]
         p = self._probe
         if p is not None and not p.acked and not p.indirect_sent:
-            times.append(p.started + self.config.probe_timeout)
+            times.append(p.started + self.config.probe_timeout * (1 + self._health))
         d = self._membership.next_deadline()
         if d is not None:
             times.append(d)
@@ -224,6 +225,8 @@ class Node:
             self._merge(msg.updates, now)
             p = self._probe
             if p is not None and p.seq == msg.seq:
+                if not p.acked:
+                    self._health = max(0, self._health - 1)
                 p.acked = True
             elif msg.seq in self._relays:
                 url, seq, _exp = self._relays.pop(msg.seq)
@@ -303,7 +306,7 @@ class Node:
             p is not None
             and not p.acked
             and not p.indirect_sent
-            and now >= p.started + c.probe_timeout
+            and now >= p.started + c.probe_timeout * (1 + self._health)
         ):
             p.indirect_sent = True
             target = self._membership.get(p.target)
@@ -314,8 +317,9 @@ class Node:
                     out.append((h.url, req))
         if now < self._next_probe:
             return
-        self._next_probe = now + c.probe_interval
+        self._next_probe = now + c.probe_interval * (1 + self._health)
         if p is not None and not p.acked:
+            self._health = min(c.max_local_health, self._health + 1)
             u = self._membership.suspect(p.target, now)
             if u is not None:
                 self._broadcasts.add(u)
@@ -419,7 +423,11 @@ class Node:
 
     def _merge(self, updates: Iterable[MemberUpdate], now: float) -> None:
         for u in updates:
+            refuted = self._membership.counts["refuted"]
             out = self._membership.apply(u, now)
+            if self._membership.counts["refuted"] != refuted:
+                # peers suspected this node: it is probably the slow one (Lifeguard)
+                self._health = min(self.config.max_local_health, self._health + 1)
             if out is not None:
                 self._broadcasts.add(out)
                 self._effects(out, now)
