@@ -161,6 +161,12 @@ class Node:
     def me(self) -> Member:
         return self._membership.me
 
+    def note_lag(self, lag: float) -> None:
+        """The caller's event loop ran ``lag`` seconds late: a local sign of starvation, which
+        raises the local health score (Lifeguard) before a probe fails because of it."""
+        if lag >= self.config.probe_timeout / 2:
+            self._health = min(self.config.max_local_health, self._health + 1)
+
     def membership_counts(self) -> dict[str, int]:
         """Suspicions raised, suspicions of this node refuted (it was alive: a false
         suspicion), members declared dead, and the current local health score."""

@@ -320,8 +320,11 @@ class GossipRuntime:
                 self._send(self.node.tick(time.monotonic()))
             except Exception:  # a bug in one tick must not stop membership for good
                 log.exception("gossip tick failed")
-            delay = self.node.next_tick_at() - time.monotonic()
-            await asyncio.sleep(min(max(delay, 0.001), _MAX_TICK_SLEEP))
+            delay = min(max(self.node.next_tick_at() - time.monotonic(), 0.001), _MAX_TICK_SLEEP)
+            expected = time.monotonic() + delay
+            await asyncio.sleep(delay)
+            # how late the loop woke us: a starved loop must not turn into accusations
+            self.node.note_lag(time.monotonic() - expected)
 
     # -- transport -------------------------------------------------------------------------------
 
