@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,9 +16,10 @@ import httpx
 import pytest
 import socketio
 
-from siomesh.benchkit.procs import TEST_SECRET, Proc, ProcessError, start_process
+from siomesh.benchkit.procs import Proc
 from tests.conftest import require_binary
 from tests.harness.balancers import Balancer, start_balancer
+from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
 
 CLIENTS = 12  # half polling-only, half WebSocket
@@ -37,20 +36,6 @@ class Cluster:
         return [u.removeprefix("http://") for u in self.urls]
 
 
-def _wait_healthy(url: str, proc: Proc, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.1) + 1):
-        if not proc.alive():
-            raise ProcessError(f"{proc.name} exited:\n{proc.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/_siomesh/health", timeout=1).is_success:
-                return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    raise ProcessError(f"{url} not healthy after {timeout}s:\n{proc.log_tail()}")
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     ports = free_ports(3)
@@ -58,36 +43,23 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     procs: list[Proc] = []
     try:
         for index, port in enumerate(ports):
-            env = dict(os.environ)
-            env.update(
-                {
-                    "SIOMESH_NODE_URL": urls[index],
-                    "SIOMESH_PEERS": ",".join(urls),
-                    "SIOMESH_SECRET": TEST_SECRET,
-                    "SIOMESH_GOSSIP_PRESET": "local",
-                    "ECHO_PING_INTERVAL": "5",
-                    "ECHO_PING_TIMEOUT": "5",
-                    "PYTHONUNBUFFERED": "1",
-                }
-            )
-            # uvicorn's defaults: no --timeout-graceful-shutdown
-            argv = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "siomesh.benchkit.apps.echo:app",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
             procs.append(
-                start_process(f"node{index}", argv, log_path=tmp_path / f"node{index}.log", env=env)
+                start_node(
+                    tmp_path,
+                    f"node{index}",
+                    port,
+                    node_url=urls[index],
+                    peers=urls,
+                    env={
+                        "SIOMESH_GOSSIP_PRESET": "local",
+                        "ECHO_PING_INTERVAL": "5",
+                        "ECHO_PING_TIMEOUT": "5",
+                    },
+                    uvicorn_args=(),  # uvicorn's defaults: no --timeout-graceful-shutdown
+                )
             )
         for proc, url in zip(procs, urls, strict=True):
-            _wait_healthy(url, proc)
+            wait_healthy(url, proc)
         yield Cluster(urls=urls, procs=procs)
     finally:
         for proc in procs:

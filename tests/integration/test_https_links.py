@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +14,8 @@ import httpx
 import pytest
 import trustme
 
-from siomesh.benchkit.procs import TEST_SECRET, Proc, ProcessError, start_process
+from siomesh.benchkit.procs import Proc
+from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
 
 EIO = "/socket.io/?EIO=4&transport=polling"
@@ -45,39 +43,30 @@ def _start(tmp: Path, *, trust_ca: list[bool]) -> TlsCluster:
     procs: list[Proc] = []
     try:
         for index, port in enumerate(ports):
-            env = dict(os.environ)
-            env.update(
-                {
-                    "SIOMESH_NODE_URL": urls[index],
-                    "SIOMESH_PEERS": ",".join(urls),
-                    "SIOMESH_SECRET": TEST_SECRET,
-                    "SIOMESH_LINKS_PEER_CA_FILE": str(ca_file if trust_ca[index] else other_file),
-                    "PYTHONUNBUFFERED": "1",
-                }
-            )
-            argv = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "siomesh.benchkit.apps.echo:app",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--timeout-graceful-shutdown",
-                "1",
-                "--ssl-keyfile",
-                str(key_file),
-                "--ssl-certfile",
-                str(cert_file),
-            ]
             procs.append(
-                start_process(f"tls{index}", argv, log_path=tmp / f"tls{index}.log", env=env)
+                start_node(
+                    tmp,
+                    f"tls{index}",
+                    port,
+                    node_url=urls[index],
+                    peers=urls,
+                    env={
+                        "SIOMESH_LINKS_PEER_CA_FILE": str(
+                            ca_file if trust_ca[index] else other_file
+                        )
+                    },
+                    uvicorn_args=(
+                        "--timeout-graceful-shutdown",
+                        "1",
+                        "--ssl-keyfile",
+                        str(key_file),
+                        "--ssl-certfile",
+                        str(cert_file),
+                    ),
+                )
             )
         for proc, url in zip(procs, urls, strict=True):
-            _wait_healthy(url, proc, ca_file)
+            wait_healthy(url, proc, verify=_trust(ca_file))
     except BaseException:
         for proc in procs:
             proc.stop()
@@ -87,22 +76,6 @@ def _start(tmp: Path, *, trust_ca: list[bool]) -> TlsCluster:
 
 def _trust(ca_file: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file))
-
-
-def _wait_healthy(url: str, proc: Proc, ca_file: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.1) + 1):
-        if not proc.alive():
-            raise ProcessError(f"{proc.name} exited:\n{proc.log_tail()}")
-        try:
-            if httpx.get(url + "/_siomesh/health", verify=_trust(ca_file), timeout=1).is_success:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    raise ProcessError(f"{url} not healthy after {timeout}s:\n{proc.log_tail()}")
 
 
 @pytest.fixture

@@ -5,19 +5,17 @@ several processes claiming one node_url (``uvicorn --workers``)."""
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from siomesh.benchkit.procs import TEST_SECRET, Proc, start_process
+from siomesh.benchkit.procs import TEST_SECRET, Proc
+from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
 
 BOUND = 15.0
-APP = "siomesh.benchkit.apps.echo:app"
 
 
 def _node(
@@ -30,31 +28,15 @@ def _node(
     secret: str = TEST_SECRET,
     extra: tuple[str, ...] = (),
 ) -> Proc:
-    env = dict(os.environ)
-    env.update(
-        {
-            "SIOMESH_NODE_URL": node_url,
-            "SIOMESH_PEERS": ",".join(peers),
-            "SIOMESH_SECRET": secret,
-            "PYTHONUNBUFFERED": "1",
-        }
+    return start_node(
+        tmp,
+        name,
+        port,
+        node_url=node_url,
+        peers=peers,
+        secret=secret,
+        uvicorn_args=("--timeout-graceful-shutdown", "1", *extra),
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        APP,
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--timeout-graceful-shutdown",
-        "1",
-        *extra,
-    ]
-    return start_process(name, argv, log_path=tmp / f"{name}.log", env=env)
 
 
 def _wait_for_line(proc: Proc, text: str, bound: float = BOUND) -> float:
@@ -76,17 +58,6 @@ def _running(*procs: Proc) -> Iterator[None]:
             proc.stop()
 
 
-def _wait_healthy(url: str, proc: Proc) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.alive(), proc.log_tail()
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/_siomesh/health", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not healthy:\n{proc.log_tail()}")
-
-
 def test_different_secrets_are_reported_on_both_sides(tmp_path: Path) -> None:
     pa, pb = free_ports(2)
     urls = [f"http://{LOOPBACK}:{pa}", f"http://{LOOPBACK}:{pb}"]
@@ -100,8 +71,8 @@ def test_different_secrets_are_reported_on_both_sides(tmp_path: Path) -> None:
         secret="another-cluster-" + "k" * 3 + "9Qz7Lp2Rw5",
     )
     with _running(a, b):
-        _wait_healthy(urls[0], a)
-        _wait_healthy(urls[1], b)
+        wait_healthy(urls[0], a)
+        wait_healthy(urls[1], b)
         # the dialler is told its offer was refused, with the likely causes...
         _wait_for_line(a, f"peer {urls[1]} refused our link (HTTP 403)")
         assert "SIOMESH_SECRET" in a.log_tail(200_000)
@@ -116,7 +87,7 @@ def test_a_seed_nothing_listens_on_is_named_with_the_error(tmp_path: Path) -> No
     seed = f"http://{LOOPBACK}:{dead}"
     node = _node(tmp_path, "n", port, node_url=url, peers=[url, seed])
     with _running(node):
-        _wait_healthy(url, node)
+        wait_healthy(url, node)
         _wait_for_line(node, f"seed {seed} cannot be reached")
         status = httpx.get(url + "/_siomesh/status", timeout=2).json()
         [entry] = status["seeds"]
@@ -128,7 +99,7 @@ def test_a_node_url_that_does_not_reach_the_process_is_reported(tmp_path: Path) 
     wrong = f"http://{LOOPBACK}:{elsewhere}"
     node = _node(tmp_path, "n", port, node_url=wrong, peers=[wrong])
     with _running(node):
-        _wait_healthy(f"http://{LOOPBACK}:{port}", node)
+        wait_healthy(f"http://{LOOPBACK}:{port}", node)
         _wait_for_line(node, f"node_url {wrong} does not reach this process")
         assert "SIOMESH_NODE_URL" in node.log_tail(200_000)
 
@@ -138,6 +109,6 @@ def test_several_processes_claiming_one_node_url_are_reported(tmp_path: Path) ->
     url = f"http://{LOOPBACK}:{port}"
     node = _node(tmp_path, "n", port, node_url=url, peers=[url], extra=("--workers", "3"))
     with _running(node):
-        _wait_healthy(url, node)
+        wait_healthy(url, node)
         _wait_for_line(node, f"another process answers at node_url {url}")
         assert "siomesh run" in node.log_tail(200_000)
