@@ -1,4 +1,4 @@
-"""The ``siomesh`` command: ``run``, ``demo``, ``status`` and ``bench``.
+"""The ``siomesh`` command: ``run``, ``demo``, ``status``, ``drain`` and ``bench``.
 
 Every subcommand has ``--help``; bad arguments exit with status 2 and a one-line reason.
 """
@@ -92,6 +92,20 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--mesh-path", default="/_siomesh", help="the node's mesh path")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+
+    drain = sub.add_parser(
+        "drain",
+        help="make a node drain now (e.g. a Kubernetes preStop hook)",
+        description=(
+            "Ask the node at URL to drain: health 503, leave the cluster, hand its clients to "
+            "its peers. Authenticated with the cluster secret over a peer link; returns when "
+            "the node is drained."
+        ),
+    )
+    drain.add_argument("url", help="the node's URL (its node_url), e.g. http://10.0.0.1:8000")
+    drain.add_argument("--secret", default=None, help="cluster secret (default: SIOMESH_SECRET)")
+    drain.add_argument("--mesh-path", default="/_siomesh", help="the node's mesh path")
+    drain.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
 
     bench = sub.add_parser(
         "bench",
@@ -222,12 +236,42 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from .config import ConfigError
+    from .drain_client import drain_node
+    from .links.pool import LinkUnavailable
+
+    secret = args.secret or os.environ.get("SIOMESH_SECRET")
+    if not secret:
+        print(
+            "siomesh: drain needs the cluster secret: --secret or SIOMESH_SECRET", file=sys.stderr
+        )
+        return 2
+    try:
+        answer = asyncio.run(
+            drain_node(args.url, secret, mesh_path=args.mesh_path, timeout=args.timeout)
+        )
+    except (LinkUnavailable, TimeoutError, ConfigError, OSError, ValueError) as exc:
+        print(f"siomesh: cannot drain {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"siomesh: {answer.get('node')} is {answer.get('state')}: "
+        f"{answer.get('drained_sessions')} sessions handed to its peers"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args, args.app, demo=False)
     if args.command == "demo":
         return _run(args, "siomesh.demo.chat:app", demo=True)
+    if args.command == "drain":
+        return _drain(args)
     if args.command == "status":
         return _status(args)
     if args.command == "bench":

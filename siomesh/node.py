@@ -20,6 +20,7 @@ closes the links. Everything runs on one event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import ssl
@@ -34,6 +35,7 @@ from .config import MeshConfig
 from .discovery import EngineTarget, find_engine
 from .forward import ForwardedServer, Forwarder, Receive, Scope, Send
 from .links.frames import FrameType
+from .links.link import Link, Stream
 from .links.pool import LinkPool
 from .metrics import MeshCollector
 from .orphans import guard_poll
@@ -43,7 +45,10 @@ from .selfcheck import self_checks
 from .sessions import drop_session, is_quiet, track_calls
 from .sid import SidKeys, generation_tag, make_sid, node_tag
 
-__all__ = ["MeshNode", "sid_of", "tagging_send"]
+__all__ = ["NODE_DRAIN_CALL", "MeshNode", "sid_of", "tagging_send"]
+
+#: The body of the call that ``siomesh drain URL`` sends over a control link.
+NODE_DRAIN_CALL = b'{"op":"node.drain"}'
 
 log = logging.getLogger("siomesh")
 
@@ -110,7 +115,8 @@ class MeshNode:
         self._shutdown_hooks: list[Hook] = []
         self._start_lock: asyncio.Lock | None = None
         self.state = "starting"
-        #: set when draining begins: held forwarded polls are released, handshakes forwarded
+        #: set when draining begins: handshakes are forwarded to peers, and long-polls this
+        #: node holds for other nodes' sessions are released with a NOOP
         self.draining = asyncio.Event()
         self._checks: asyncio.Future[None] | None = None
         self._drain_hooks: list[Callable[[], None]] = []
@@ -185,6 +191,9 @@ class MeshNode:
         eio.sockets = tracked
         self.local_sids = tracked
         self.adapter: MeshManager | None = install_adapter(self) if adapter else None
+        # Calls: the node's own operations (``siomesh drain``), the rest to the adapter.
+        self._adapter_calls = self.links.dispatcher.handlers.get(FrameType.CALL)
+        self.links.dispatcher.serve(FrameType.CALL, self._serve_call)
 
     # -- the NodeContext seam (siomesh.seams) ----------------------------------------------------
 
@@ -285,6 +294,25 @@ class MeshNode:
         # reconnect through this node are forwarded to peers, and nothing is refused meanwhile.
         if linger:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+
+    async def _serve_call(self, link: Link, stream: Stream, payload: bytes) -> None:
+        if payload.startswith(NODE_DRAIN_CALL):
+            # ``siomesh drain URL``: an authenticated peer (it proved the secret) asks this
+            # node to drain now, e.g. from a Kubernetes preStop hook; answered when done.
+            log.warning("siomesh node %s: drain requested by %s", self.config.node_url, link.peer)
+            await self.drain()
+            reply: dict[str, object] = {
+                "node": self.config.node_url,
+                "state": self.state,
+                "drained_sessions": self.stats.get("drained_sessions", 0),
+            }
+            stream.send(FrameType.REPLY, b"\x00" + json.dumps(reply).encode())
+            return
+        if self._adapter_calls is not None:
+            await self._adapter_calls(link, stream, payload)
+        else:
+            stream.send(FrameType.REPLY, b"\x01no adapter on this node")
 
     async def _drop_when_quiet(self, sid: str, until: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ import httpx
 import pytest
 import socketio
 
-from siomesh.benchkit.procs import Proc
+from siomesh.benchkit.procs import TEST_SECRET, Proc
 from tests.conftest import require_binary
 from tests.harness.balancers import Balancer, start_balancer
 from tests.harness.nodes import start_node, wait_healthy
@@ -190,3 +192,45 @@ async def test_sigterm_drains_the_node_and_its_clients_move_at_once(
         for c in callers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(c.client.disconnect(), 3)
+
+
+async def test_siomesh_drain_command_drains_a_node_and_needs_the_secret(
+    cluster: Cluster,
+) -> None:
+    """``siomesh drain URL`` (a preStop hook): refused without the right secret; with it, the
+    node drains (health 503, peers see it left, its session handed over) and the command
+    reports it."""
+    victim_url = cluster.urls[2]
+    client = socketio.AsyncClient(reconnection_delay=0.1, reconnection_delay_max=0.5)
+    await asyncio.wait_for(client.connect(victim_url, transports=["polling"]), 15)
+    try:
+        assert await client.call("whoami", timeout=10) == victim_url
+        command = [sys.executable, "-m", "siomesh.cli", "drain", victim_url, "--timeout", "20"]
+        wrong = await asyncio.to_thread(
+            subprocess.run,
+            [*command, "--secret", "some-other-cluster-9Qz7Lp2Rw5kT"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert wrong.returncode == 1, wrong.stderr
+        assert "cannot drain" in wrong.stderr
+        assert httpx.get(victim_url + "/_siomesh/health", timeout=2).status_code == 200
+        right = await asyncio.to_thread(
+            subprocess.run,
+            [*command, "--secret", TEST_SECRET],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert right.returncode == 0, right.stderr
+        assert "is draining: 1 sessions handed to its peers" in right.stdout, right.stdout
+        assert httpx.get(victim_url + "/_siomesh/health", timeout=2).status_code == 503
+        # its session was handed over (the client reconnecting through a balancer lands on a
+        # live node: test_sigterm_drains_the_node_and_its_clients_move_at_once)
+        assert httpx.get(victim_url + "/_siomesh/status", timeout=2).json()["sessions"] == 0
+        status = httpx.get(cluster.urls[0] + "/_siomesh/status", timeout=2).json()
+        assert {m["url"]: m["state"] for m in status["members"]}[victim_url] == "left"
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 3)
