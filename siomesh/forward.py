@@ -450,11 +450,14 @@ class ForwardedServer:
                         FrameType.RESPONSE, encode_meta_body(response.to_wire(), b"".join(chunks))
                     )
 
-        token = ORPHANED.set(stream.ended)
-        try:
+        if scope["method"] != "GET":  # only a GET can be a long-poll that gets orphaned
             await self._app(scope, receive, send)
-        finally:
-            ORPHANED.reset(token)
+        else:
+            token = ORPHANED.set(stream.ended)
+            try:
+                await self._app(scope, receive, send)
+            finally:
+                ORPHANED.reset(token)
         if stream.failed and start is not None and int(start["status"]) == 200 and any(chunks):
             # Answered in the instant the forwarder went away: the packets in this answer
             # reached nobody. Say so, and let the session's client learn it.

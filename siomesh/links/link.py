@@ -97,12 +97,12 @@ class Stream:
 
     __slots__ = (
         "_credit_event",
+        "_ended",
         "_error",
         "_items",
         "_ready",
         "consumed",
         "credit",
-        "ended",
         "id",
         "link",
     )
@@ -116,17 +116,28 @@ class Stream:
         self._items: deque[tuple[FrameType, bytes]] = deque()
         self._ready = asyncio.Event()
         self._error: BaseException | None = None
-        #: set when the stream fails: its link closed, or (acceptor side) the dialler cancelled
-        self.ended = asyncio.Event()
+        # Made on first use: most streams are one request and one answer, which need neither
+        # (every forwarded request pays for what is built here).
+        self._ended: asyncio.Event | None = None
+        self._credit_event: asyncio.Event | None = None
         self.credit = Stream.WINDOW  # bytes we may still send
         self.consumed = 0  # bytes received and consumed, not yet acknowledged by WINDOW
-        self._credit_event = asyncio.Event()
-        self._credit_event.set()
+
+    @property
+    def ended(self) -> asyncio.Event:
+        """Set when the stream fails: its link closed, or (acceptor side) the dialler
+        cancelled."""
+        if self._ended is None:
+            self._ended = asyncio.Event()
+            if self._error is not None:
+                self._ended.set()
+        return self._ended
 
     def push(self, kind: FrameType, payload: bytes) -> None:
         if kind is FrameType.WINDOW:
             self.credit += decode_u32(payload)
-            self._credit_event.set()
+            if self._credit_event is not None:
+                self._credit_event.set()
             return
         self._items.append((kind, payload))
         self._ready.set()
@@ -134,9 +145,11 @@ class Stream:
     def fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
-        self.ended.set()
+        if self._ended is not None:
+            self._ended.set()
         self._ready.set()
-        self._credit_event.set()
+        if self._credit_event is not None:
+            self._credit_event.set()
 
     @property
     def failed(self) -> bool:
@@ -164,6 +177,8 @@ class Stream:
         while self.credit <= 0:
             if self._error is not None:
                 raise LinkClosed(str(self._error))
+            if self._credit_event is None:
+                self._credit_event = asyncio.Event()
             self._credit_event.clear()
             await asyncio.wait_for(self._credit_event.wait(), timeout)
         if self._error is not None:
