@@ -238,7 +238,13 @@ def stop_all(procs: Sequence[Proc], grace: float = 3.0) -> None:
             proc.stop(grace=max(0.0, deadline - time.monotonic()))
 
 
-def node_argv(app: str, port: int) -> list[str]:
+def node_argv(
+    app: str,
+    port: int,
+    uvicorn_args: Sequence[str] = ("--timeout-graceful-shutdown", "1"),
+) -> list[str]:
+    """``uvicorn app`` on ``127.0.0.1:port``; by default a pending long-poll cannot hold a
+    graceful shutdown for 45 s (pass ``()`` for uvicorn's own defaults)."""
     return [
         sys.executable,
         "-m",
@@ -251,9 +257,7 @@ def node_argv(app: str, port: int) -> list[str]:
         "--log-level",
         "warning",
         "--no-access-log",
-        # A pending long-poll would otherwise hold a graceful shutdown for 45 s.
-        "--timeout-graceful-shutdown",
-        "1",
+        *uvicorn_args,
     ]
 
 

@@ -144,22 +144,24 @@ def test_zero_workers_is_a_usage_error() -> None:
     assert "must be at least 1" in result.stderr
 
 
-def test_bad_app_spec_exits_nonzero_naming_the_problem(tmp_path: Path) -> None:
-    cases = {
-        "nosuch_module_xyz:app": "cannot import 'nosuch_module_xyz'",
-        "tests.apps.echo:nothing_here": "has no attribute 'nothing_here'",
-        "no_colon_here": "expected MODULE:APP",
-    }
+def _refused_runs(
+    tmp_path: Path, specs: list[str], *, workers: int, env: dict[str, str] | None = None
+) -> dict[str, tuple[int | None, str]]:
+    """Start ``siomesh run SPEC`` for every spec at once (each on a free port) and wait, at most
+    60 s in all, for each to exit; (exit status, stderr) per spec. Every process is ended."""
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     started = time.monotonic()
     try:
-        for spec in cases:
+        for spec in specs:
             err = tmp_path / f"{spec.replace(':', '_')}.err"
             with err.open("wb") as sink:
                 procs[spec] = (
                     subprocess.Popen(
-                        siomesh_cmd("run", spec, "--workers", "1", "--port", str(free_port())),
+                        siomesh_cmd(
+                            "run", spec, "--workers", str(workers), "--port", str(free_port())
+                        ),
                         cwd=REPO,
+                        env=env,
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,
                         stderr=sink,
@@ -175,12 +177,25 @@ def test_bad_app_spec_exits_nonzero_naming_the_problem(tmp_path: Path) -> None:
     finally:
         for proc, _ in procs.values():
             stop_process(proc)
+    return {
+        spec: (proc.returncode, err.read_text(errors="replace"))
+        for spec, (proc, err) in procs.items()
+    }
+
+
+def test_bad_app_spec_exits_nonzero_naming_the_problem(tmp_path: Path) -> None:
+    cases = {
+        "nosuch_module_xyz:app": "cannot import 'nosuch_module_xyz'",
+        "tests.apps.echo:nothing_here": "has no attribute 'nothing_here'",
+        "no_colon_here": "expected MODULE:APP",
+    }
+    started = time.monotonic()
+    results = _refused_runs(tmp_path, list(cases), workers=1)
     elapsed = time.monotonic() - started
     slow_or_noisy = []
     for spec, expected in cases.items():
-        proc, err = procs[spec]
-        stderr = err.read_text(errors="replace")
-        assert proc.returncode not in (0, None), spec
+        returncode, stderr = results[spec]
+        assert returncode not in (0, None), spec
         assert expected in stderr, f"{spec}: {stderr[-2000:]}"
         if "Traceback" in stderr:
             slow_or_noisy.append(spec)
@@ -230,39 +245,16 @@ def test_an_object_that_is_not_an_asgi_app_is_one_clear_line(tmp_path: Path) -> 
         "notasgi:flask_like": ("looks like a WSGI app", "socketio.ASGIApp(sio)"),
         "notasgi:no_server": ("no python-socketio server found", "server=sio"),
     }
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     started = time.monotonic()
-    try:
-        for spec in cases:
-            err = tmp_path / f"{spec.replace(':', '_')}.err"
-            with err.open("wb") as sink:
-                procs[spec] = (
-                    subprocess.Popen(
-                        siomesh_cmd("run", spec, "--workers", "2", "--port", str(free_port())),
-                        cwd=REPO,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=sink,
-                        start_new_session=True,
-                    ),
-                    err,
-                )
-        for spec, (proc, _) in procs.items():
-            try:
-                proc.wait(timeout=max(1.0, 60 - (time.monotonic() - started)))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"siomesh run {spec} still running after 60 s")
-    finally:
-        for proc, _ in procs.values():
-            stop_process(proc)
+    results = _refused_runs(
+        tmp_path, list(cases), workers=2, env=dict(os.environ, PYTHONPATH=str(tmp_path))
+    )
     # Refused by the supervisor before any worker starts: no restart loop.
     assert time.monotonic() - started < 20
     for spec, (problem, fix) in cases.items():
-        proc, err = procs[spec]
-        lines = err.read_text(errors="replace").strip().splitlines()
-        assert proc.returncode == 1, f"{spec}: {proc.returncode} {lines}"
+        returncode, stderr = results[spec]
+        lines = stderr.strip().splitlines()
+        assert returncode == 1, f"{spec}: {returncode} {lines}"
         assert len(lines) == 1, f"{spec}: one line expected, got {lines}"
         assert lines[0].startswith(f"siomesh: {spec}"), lines
         assert problem in lines[0] and fix in lines[0], lines[0]

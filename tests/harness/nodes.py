@@ -7,16 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
-from siomesh.benchkit.procs import TEST_SECRET, Proc, ProcessError, start_process
-
-from .ports import LOOPBACK
+from siomesh.benchkit.procs import TEST_SECRET, Proc, ProcessError, node_argv, start_process
 
 __all__ = ["ECHO_APP", "start_node", "wait_healthy"]
 
@@ -47,19 +44,7 @@ def start_node(
         }
     )
     variables.update(env or {})
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *uvicorn_args,
-    ]
+    argv = node_argv(app, port, uvicorn_args)
     return start_process(name, argv, log_path=tmp / f"{name}.log", env=variables)
 
 
