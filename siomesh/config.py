@@ -1,7 +1,8 @@
 """MeshConfig: every option of a siomesh node, validated once, readable from the environment.
 
-One tree: :class:`MeshConfig` holds the node's own options and three sections, ``links``
-(:class:`LinksConfig`), ``adapter`` (:class:`AdapterConfig`) and ``gossip``
+One tree: :class:`MeshConfig` holds the node's own options and four sections, ``links``
+(:class:`LinksConfig`), ``adapter`` (:class:`AdapterConfig`), ``takeover``
+(:class:`TakeoverConfig`) and ``gossip``
 (:class:`~siomesh.protocol.membership.GossipConfig`, from a named preset). Every field has an
 environment variable: ``SIOMESH_<FIELD>`` for the node's own, ``SIOMESH_<SECTION>_<FIELD>`` for a
 section's (``SIOMESH_LINKS_HEARTBEAT``, ``SIOMESH_ADAPTER_MAX_QUEUE``,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "LinksConfig",
     "MeshConfig",
+    "TakeoverConfig",
     "normalize_url",
 ]
 
@@ -189,7 +191,34 @@ class AdapterConfig:
             raise ConfigError("adapter.room_routing must be 'all' or 'directory'")
 
 
-_SECTIONS: dict[str, type[Any]] = {"links": LinksConfig, "adapter": AdapterConfig}
+@dataclasses.dataclass(frozen=True, slots=True)
+class TakeoverConfig:
+    """Upgrade takeover (:mod:`siomesh.takeover`). Environment: ``SIOMESH_TAKEOVER_<FIELD>``."""
+
+    #: When a session's WebSocket upgrade lands on another node, that node takes the session
+    #: over and serves the WebSocket itself; False keeps relaying it to the owner for life.
+    enabled: bool = True
+    #: Longest time a new session's Socket.IO packets are held, counted from its handshake,
+    #: while its transport may still move: a client that sends its CONNECT by polling before
+    #: its WebSocket probe (the JS client does) is held until the probe reaches a node or this
+    #: passes. Polling-only clients pay it once, on connect; python-socketio's client never
+    #: (it upgrades before it sends anything).
+    window: float = 0.25
+    #: Bound on one takeover exchange with the owner; past it the WebSocket is relayed.
+    timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.window <= 10:
+            raise ConfigError("takeover.window must be between 0 and 10 seconds")
+        if self.timeout <= 0:
+            raise ConfigError("takeover.timeout must be > 0")
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "links": LinksConfig,
+    "adapter": AdapterConfig,
+    "takeover": TakeoverConfig,
+}
 #: Options of 0.1 that moved into a section: (section, field).
 _MOVED = {
     "connect_timeout": ("links", "connect_timeout"),
@@ -278,6 +307,8 @@ class MeshConfig:
     links: LinksConfig = dataclasses.field(default_factory=lambda: LinksConfig())
     #: The adapter (``SIOMESH_ADAPTER_<FIELD>``): see :class:`AdapterConfig`.
     adapter: AdapterConfig = dataclasses.field(default_factory=lambda: AdapterConfig())
+    #: Upgrade takeover (``SIOMESH_TAKEOVER_<FIELD>``): see :class:`TakeoverConfig`.
+    takeover: TakeoverConfig = dataclasses.field(default_factory=lambda: TakeoverConfig())
     #: Gossip (``SIOMESH_GOSSIP_PRESET`` = lan, wan or local, then ``SIOMESH_GOSSIP_<FIELD>``
     #: for any :class:`~siomesh.protocol.membership.GossipConfig` field).
     gossip: GossipConfig = dataclasses.field(default_factory=GossipConfig.lan)

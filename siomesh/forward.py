@@ -47,7 +47,7 @@ from .links.frames import (
     encode_data,
     encode_meta_body,
 )
-from .links.link import Link, LinkClosed, Stream
+from .links.link import RELEASE, Link, LinkClosed, Stream
 from .links.pool import LinkPool, LinkUnavailable
 from .orphans import ORPHANED
 
@@ -196,7 +196,18 @@ async def _send_noop(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _empty_answer(payload: bytes) -> bool:
+    """Whether a RESPONSE frame is a 200 with an empty body (a poll that took no packets)."""
+    try:
+        raw_meta, body = decode_meta_body(payload)
+        return not body and ResponseMeta.from_wire(raw_meta).status == 200
+    except FrameError:
+        return False
+
+
 def _client_host(scope: Scope) -> str:
+    if FORWARDED_BY in scope:
+        return ""  # forwarded once already: the client is in X-Forwarded-For
     client = scope.get("client")
     return str(client[0]) if client else ""
 
@@ -252,14 +263,19 @@ class Forwarder:
                         self.stats["forward_cancelled"] += 1
                         return False
                     if answer is _RELEASED:
-                        # this node is draining: the owner keeps the packets (its poll was
-                        # orphaned), the client gets a NOOP and polls again, on another node
-                        stream.send(FrameType.CANCEL, b"")
+                        # This node is draining: the owner ends its poll now and answers
+                        # whatever it already took (nothing, if its poll was still waiting:
+                        # the packets stay queued there). That answer is still read and
+                        # relayed, so no packet is lost; an empty one becomes a NOOP and the
+                        # client polls again, on another node.
+                        stream.send(FrameType.CANCEL, RELEASE)
                         self.stats["polls_released"] += 1
-                        if not _noop_allowed(scope):
-                            raise OwnerLost(f"{target}: released while draining")
-                        await _send_noop(send)
-                        return True
+                        answer = await stream.next(self._request_timeout)
+                        if answer[0] is FrameType.RESPONSE and _empty_answer(answer[1]):
+                            if not _noop_allowed(scope):
+                                raise OwnerLost(f"{target}: released while draining")
+                            await _send_noop(send)
+                            return True
                     kind, payload = answer
                 else:
                     # a POST or a handshake: answered at once, no need to watch the client
@@ -458,7 +474,13 @@ class ForwardedServer:
                 await self._app(scope, receive, send)
             finally:
                 ORPHANED.reset(token)
-        if stream.failed and start is not None and int(start["status"]) == 200 and any(chunks):
+        if (
+            stream.failed
+            and not stream.released
+            and start is not None
+            and int(start["status"]) == 200
+            and any(chunks)
+        ):
             # Answered in the instant the forwarder went away: the packets in this answer
             # reached nobody. Say so, and let the session's client learn it.
             self.stats["forward_answers_lost"] += 1

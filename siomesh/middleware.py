@@ -29,18 +29,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .drain import drain_on_sigterm
-from .forward import (
-    BodyTooLarge,
-    OwnerLost,
-    OwnerRefused,
-    OwnerUnreachable,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-)
+from .forward import Receive, Scope, Send
 from .metrics import render
-from .node import MeshNode, sid_of, tagging_send
+from .node import MeshNode, respond, sid_of, tagging_send
 from .routing import Action, decide
 
 __all__ = ["SioMesh"]
@@ -48,21 +39,6 @@ __all__ = ["SioMesh"]
 log = logging.getLogger("siomesh")
 
 _MESH_PREFIX = b"x-siomesh-"
-
-
-async def _respond(send: Send, status: int, body: bytes, content_type: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class SioMesh:
@@ -200,6 +176,9 @@ class SioMesh:
             scope["headers"] = [(k, v) for k, v in headers if not k.startswith(_MESH_PREFIX)]
         method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
         sid = sid_of(scope.get("query_string", b""))
+        takeover = self.node.takeover
+        if sid is not None and sid in takeover.pending:
+            await takeover.wait_installed(sid)  # this node is taking the session over
         decision = decide(
             method=method,
             sid=sid,
@@ -207,6 +186,7 @@ class SioMesh:
             forwarded=False,
             view=self.node.cluster,
             keys=self.node.keys,
+            moved=takeover.pointers,
         )
         target = decision.target if decision.action is Action.FORWARD else None
         if self.node.draining.is_set():
@@ -228,7 +208,8 @@ class SioMesh:
             name = b"x-siomesh-via" if target is not None else b"x-siomesh-served-by"
             send = tagging_send(send, name, self.config.node_url)
         if target is not None:
-            if await self._forward(scope, receive, send, target):
+            claim = decision.reason != "moved"
+            if await self.node.forward(scope, receive, send, target, claim=claim):
                 return
             # Nothing reached the client: fall through to the local server's own answer.
         elif decision.action is Action.REJECT:
@@ -241,56 +222,6 @@ class SioMesh:
             return None
         self._rotation = (self._rotation + 1) % len(peers)
         return peers[self._rotation]
-
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, target: str) -> bool:
-        """Forward to ``target``; False when nothing was sent and the client is untouched (the
-        caller lets the local server answer its own 400)."""
-        if scope["type"] == "websocket":
-            connect = await receive()
-            if connect["type"] != "websocket.connect":
-                return True
-            try:
-                await self.node.forwarder.forward_websocket(scope, receive, send, target)
-            except (OwnerUnreachable, OwnerRefused) as exc:
-                # The client is not accepted yet: close it the way python-engineio closes an
-                # unknown sid (uvicorn answers 403), so it reconnects.
-                self.node.stats["forward_errors"] += 1
-                log.warning("websocket not relayed to %s: %s", target, exc)
-                await send({"type": "websocket.close", "code": 1008})
-            else:
-                self.node.stats["forwarded"] += 1
-            return True
-        try:
-            body = await read_body(receive, self.node.max_body, _content_length(scope["headers"]))
-        except BodyTooLarge:
-            await _respond(
-                send,
-                413,
-                f"request body exceeds {self.node.max_body} bytes".encode(),
-                b"text/plain",
-            )
-            return True
-        except OwnerUnreachable:
-            return True  # the client left while sending its body
-        try:
-            if await self.node.forwarder.forward_http(scope, body, receive, send, target):
-                self.node.stats["forwarded"] += 1
-            else:
-                self.node.stats["abandoned_polls"] = self.node.stats.get("abandoned_polls", 0) + 1
-            return True
-        except (OwnerUnreachable, OwnerLost) as exc:
-            # Not sent, or sent without an answer (never resent: at most once). Either way the
-            # client gets python-engineio's own 400 from the local server (an empty body, the
-            # sid unknown here): every Engine.IO client treats it as a lost session and
-            # reconnects.
-            self.node.stats["forward_errors"] += 1
-            log.warning("forward to %s failed, answering 400: %s", target, exc)
-
-            async def empty() -> dict[str, Any]:
-                return {"type": "http.request", "body": b"", "more_body": False}
-
-            await self.app(dict(scope), empty, send)
-            return True
 
     async def _mesh_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -310,17 +241,17 @@ class SioMesh:
                     "sessions": len(self.node.local_sids),
                 }
             ).encode()
-            await _respond(send, 200 if serving else 503, body, b"application/json")
+            await respond(send, 200 if serving else 503, body, b"application/json")
             return
         name = path[len(self._mesh_prefix) :]
         if name == "status" and scope.get("method") == "GET":
-            await _respond(send, 200, json.dumps(self.node.status()).encode(), b"application/json")
+            await respond(send, 200, json.dumps(self.node.status()).encode(), b"application/json")
             return
         if name == "metrics" and scope.get("method") == "GET":
-            await _respond(send, 200, render(self.node.collector), CONTENT_TYPE_LATEST.encode())
+            await respond(send, 200, render(self.node.collector), CONTENT_TYPE_LATEST.encode())
             return
         # Nothing else: peers talk over links only. The body is never read.
-        await _respond(send, 404, b"unknown mesh endpoint", b"text/plain")
+        await respond(send, 404, b"unknown mesh endpoint", b"text/plain")
 
 
 def _closing_send(send: Send) -> Send:
@@ -331,13 +262,3 @@ def _closing_send(send: Send) -> Send:
         await send(message)
 
     return closing
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None

@@ -33,7 +33,18 @@ from .adapter import MeshManager, install_adapter
 from .cluster import ClusterView, StaticCluster
 from .config import MeshConfig
 from .discovery import EngineTarget, find_engine
-from .forward import ForwardedServer, Forwarder, Receive, Scope, Send
+from .forward import (
+    BodyTooLarge,
+    ForwardedServer,
+    Forwarder,
+    OwnerLost,
+    OwnerRefused,
+    OwnerUnreachable,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+)
 from .links.frames import FrameType
 from .links.link import Link, Stream
 from .links.pool import LinkPool
@@ -44,8 +55,9 @@ from .seams import Hook
 from .selfcheck import self_checks
 from .sessions import drop_session, is_quiet, track_calls
 from .sid import SidKeys, generation_tag, make_sid, node_tag
+from .takeover import TAKEOVER_CALL, Takeover
 
-__all__ = ["NODE_DRAIN_CALL", "MeshNode", "sid_of", "tagging_send"]
+__all__ = ["NODE_DRAIN_CALL", "MeshNode", "respond", "sid_of", "tagging_send"]
 
 #: The body of the call that ``siomesh drain URL`` sends over a control link.
 NODE_DRAIN_CALL = b'{"op":"node.drain"}'
@@ -174,6 +186,16 @@ class MeshNode:
             sessions=lambda: len(self.local_sids),
         )
         self.gossip: GossipRuntime | None = None
+        #: upgrade takeover: WebSockets are served where they land (siomesh.takeover)
+        self.takeover = Takeover(
+            self.config.takeover,
+            eio=eio,
+            sio=self.engine.sio,
+            links=self.links,
+            is_member=lambda url: self.cluster.is_live_member(url),
+            stats=self.stats,
+            pointer_ttl=max(30.0, 2 * poll_timeout),
+        )
         added: list[Callable[[str, Any], None]] = [
             lambda _, socket: guard_poll(socket),
             lambda _, socket: track_calls(socket),
@@ -187,6 +209,9 @@ class MeshNode:
             removed.append(runtime.sid_removed)
             self.on_startup(self._start_gossip)
             self.on_shutdown(runtime.stop)
+        # last: the hold wraps the socket's receive outermost (held packets are counted by
+        # track_calls only when they are dispatched)
+        added.append(self.takeover.on_socket_added)
         tracked = TrackedSockets(eio.sockets, added, removed)
         eio.sockets = tracked
         self.local_sids = tracked
@@ -295,8 +320,10 @@ class MeshNode:
         if linger:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
 
-
     async def _serve_call(self, link: Link, stream: Stream, payload: bytes) -> None:
+        if payload.startswith(TAKEOVER_CALL):
+            await self.takeover.serve_claim(link, stream, payload)
+            return
         if payload.startswith(NODE_DRAIN_CALL):
             # ``siomesh drain URL``: an authenticated peer (it proved the secret) asks this
             # node to drain now, e.g. from a Kubernetes preStop hook; answered when done.
@@ -349,10 +376,94 @@ class MeshNode:
             await drop_session(self.engine.eio, sid)
 
     async def _serve_forwarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A request that a peer forwarded over a link: served here, never forwarded again."""
+        """A request that a peer forwarded over a link: served here, never forwarded again,
+        except to follow a session this node handed to another member (one more hop at most:
+        a session moves once)."""
+        sid = sid_of(scope.get("query_string", b""))
+        if sid is not None and sid not in self.local_sids:
+            if sid in self.takeover.pending:
+                await self.takeover.wait_installed(sid)
+            target = self.takeover.moved_to(sid) if sid not in self.local_sids else None
+            if target is not None:
+                await self.forward(scope, receive, send, target, claim=False)
+                return
         if self.config.served_by_header:
             send = tagging_send(send, b"x-siomesh-served-by", self.config.node_url)
         await self.app(scope, receive, send)
+
+    async def forward(
+        self, scope: Scope, receive: Receive, send: Send, target: str, *, claim: bool
+    ) -> bool:
+        """Forward one Engine.IO request to member ``target``; False when nothing was sent and
+        the client is untouched (the caller lets the local server answer its own 400).
+
+        A WebSocket upgrade, with ``claim``, is first taken over from ``target``
+        (:mod:`siomesh.takeover`) and then served here; otherwise it is relayed.
+        """
+        if scope["type"] == "websocket":
+            connect = await receive()
+            if connect["type"] != "websocket.connect":
+                return True
+            sid = sid_of(scope.get("query_string", b""))
+            if (
+                claim
+                and sid is not None
+                and not self.draining.is_set()
+                and await self.takeover.claim(sid, target)
+            ):
+                replayed = False
+
+                async def replay() -> dict[str, Any]:
+                    nonlocal replayed
+                    if not replayed:
+                        replayed = True
+                        return connect
+                    return await receive()
+
+                await self.app(scope, replay, send)
+                return True
+            try:
+                await self.forwarder.forward_websocket(scope, receive, send, target)
+            except (OwnerUnreachable, OwnerRefused) as exc:
+                # The client is not accepted yet: close it the way python-engineio closes an
+                # unknown sid (uvicorn answers 403), so it reconnects.
+                self.stats["forward_errors"] += 1
+                log.warning("websocket not relayed to %s: %s", target, exc)
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                self.stats["forwarded"] += 1
+            return True
+        try:
+            body = await read_body(receive, self.max_body, _content_length(scope["headers"]))
+        except BodyTooLarge:
+            await respond(
+                send,
+                413,
+                f"request body exceeds {self.max_body} bytes".encode(),
+                b"text/plain",
+            )
+            return True
+        except OwnerUnreachable:
+            return True  # the client left while sending its body
+        try:
+            if await self.forwarder.forward_http(scope, body, receive, send, target):
+                self.stats["forwarded"] += 1
+            else:
+                self.stats["abandoned_polls"] = self.stats.get("abandoned_polls", 0) + 1
+            return True
+        except (OwnerUnreachable, OwnerLost) as exc:
+            # Not sent, or sent without an answer (never resent: at most once). Either way the
+            # client gets python-engineio's own 400 from the local server (an empty body, the
+            # sid unknown here): every Engine.IO client treats it as a lost session and
+            # reconnects.
+            self.stats["forward_errors"] += 1
+            log.warning("forward to %s failed, answering 400: %s", target, exc)
+
+            async def empty() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            await self.app(dict(scope), empty, send)
+            return True
 
     async def _start_gossip(self) -> None:
         assert self.gossip is not None
@@ -415,6 +526,8 @@ class MeshNode:
                 if seed != self.config.node_url
             ],
             "relayed_websockets": self.stats.get("relayed_websockets", 0),
+            "takeovers": self.stats.get("takeovers", 0),
+            "takeover_fallbacks": self.stats.get("takeover_fallbacks", 0),
         }
 
     def _members_status(self) -> list[dict[str, Any]]:
@@ -425,3 +538,28 @@ class MeshNode:
         return [
             {"url": url, "state": "alive"} for url in sorted(getattr(self.cluster, "peer_urls", ()))
         ]
+
+
+async def respond(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

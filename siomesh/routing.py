@@ -4,12 +4,15 @@ The rules (design.md, "Routing rules"), in the order they apply:
 
 1. no sid (a handshake) or an ``OPTIONS`` preflight: serve here (every node answers CORS alike);
 2. the sid is live on this node: serve here;
-3. the request was forwarded by a verified peer: serve here, never forward again (no loops);
-4. the directory says the sid was closed (tombstone): reject;
-5. the owner is known (directory entry, else the tag inside the sid) and is a live member other
-   than this node: forward to that member's *advertised* URL, never to an address taken from the
-   request;
-6. anything else (malformed or foreign sid, owner dead, restarted or not a member, our own sid no
+3. this node handed the session to another member (upgrade takeover) and keeps a pointer to it:
+   forward there (a session moves at most once, so this adds one hop at most);
+4. the request was forwarded by a verified peer: serve here, never forward again (no loops);
+5. the owner is known (a live directory entry, else the tag inside the sid) and is a live
+   member other than this node: forward to that member's *advertised* URL, never to an address
+   taken from the request. A live entry wins over another origin's tombstone: a session taken
+   over is deleted by its old owner and added by its new one;
+6. the directory says the sid was closed (tombstone): reject;
+7. anything else (malformed or foreign sid, owner dead, restarted or not a member, our own sid no
    longer live): reject at once with python-engineio's own ``400 Invalid session``.
 
 Pure: no I/O, no clock. Thread-safe as long as the view is.
@@ -18,7 +21,7 @@ Pure: no I/O, no clock. Thread-safe as long as the view is.
 from __future__ import annotations
 
 import enum
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from .cluster import ClusterView
@@ -60,6 +63,7 @@ def decide(
     forwarded: bool,
     view: ClusterView,
     keys: SidKeys,
+    moved: Mapping[str, str] | None = None,
 ) -> Decision:
     """Decide what to do with one Engine.IO request (see the module docstring for the rules).
 
@@ -71,10 +75,12 @@ def decide(
         return _SERVE_PREFLIGHT
     if sid in local_sids:
         return _SERVE_LOCAL
+    if moved:
+        target = moved.get(sid)
+        if target is not None and view.is_live_member(target):
+            return Decision(Action.FORWARD, "moved", target)
     if forwarded:
         return _SERVE_FORWARDED
-    if view.is_tombstoned(sid):
-        return _REJECT_TOMBSTONE
     owner = view.directory_owner(sid)
     if owner is not None:
         if owner == view.self_url:
@@ -82,6 +88,8 @@ def decide(
         if view.is_live_member(owner):
             return Decision(Action.FORWARD, "directory", owner)
         return _REJECT_DEAD
+    if view.is_tombstoned(sid):
+        return _REJECT_TOMBSTONE
     parts = parse_sid(keys, sid)
     if parts is None:
         return _REJECT_MALFORMED

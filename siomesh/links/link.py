@@ -73,6 +73,16 @@ class LinkClosed(Exception):
     """The link closed before the exchange finished; whether the peer acted on it is unknown."""
 
 
+class StreamReleased(LinkClosed):
+    """The dialler asked the acceptor to end the exchange now (a ``CANCEL`` frame with payload
+    :data:`RELEASE`) and still reads the answer: unlike a plain cancel, an answer sent
+    afterwards is not lost."""
+
+
+#: ``CANCEL`` payload: end the exchange now, the answer is still read (see StreamReleased).
+RELEASE = b"release"
+
+
 class Dispatcher:
     """Who handles which frame type: callbacks for stream-less frames, handlers for streams."""
 
@@ -154,6 +164,11 @@ class Stream:
     @property
     def failed(self) -> bool:
         return self._error is not None
+
+    @property
+    def released(self) -> bool:
+        """The dialler ended the exchange with a release and still reads the answer."""
+        return isinstance(self._error, StreamReleased)
 
     async def next(self, timeout: float | None = None) -> tuple[FrameType, bytes]:
         """The next frame of this stream, in order. Raises :class:`LinkClosed` when the link
@@ -373,7 +388,10 @@ class Link:
             # ``stream.ended``; see siomesh.orphans)
             cancelled = self.streams.get(stream_id) if not self.dialler else None
             if cancelled is not None:
-                cancelled.fail(LinkClosed("cancelled by the forwarding node"))
+                if payload == RELEASE:
+                    cancelled.fail(StreamReleased("released by the forwarding node"))
+                else:
+                    cancelled.fail(LinkClosed("cancelled by the forwarding node"))
             return
         existing = self.streams.get(stream_id)
         if existing is not None:

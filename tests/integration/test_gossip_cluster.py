@@ -129,8 +129,7 @@ def test_join_crash_restart(cluster: Cluster) -> None:
     urls = {cluster.url(i) for i in range(5)}
     took = wait_for(
         lambda: all(
-            {u for u, (s, _) in cluster.states(i).items() if s == "alive"} == urls
-            for i in range(5)
+            {u for u, (s, _) in cluster.states(i).items() if s == "alive"} == urls for i in range(5)
         ),
         15,
         "5 nodes agree on 5 alive members",
@@ -161,9 +160,7 @@ def test_join_crash_restart(cluster: Cluster) -> None:
 
     cluster.procs[victim].kill()
     detected = wait_for(
-        lambda: all(
-            cluster.states(i)[cluster.url(victim)][0] == "dead" for i in (0, 1, 2, 4)
-        ),
+        lambda: all(cluster.states(i)[cluster.url(victim)][0] == "dead" for i in (0, 1, 2, 4)),
         DETECTION_BOUND,
         "every survivor declares the crashed node dead",
     )
@@ -225,9 +222,7 @@ def test_node_joining_under_load(tmp_path: Path) -> None:
             await asyncio.to_thread(c.start, 3, [1])
             await asyncio.to_thread(
                 wait_for,
-                lambda: all(
-                    c.states(i).get(c.url(3), ("", 0))[0] == "alive" for i in (0, 1, 2)
-                ),
+                lambda: all(c.states(i).get(c.url(3), ("", 0))[0] == "alive" for i in (0, 1, 2)),
                 DETECTION_BOUND,
                 "the new node is known to all",
             )

@@ -356,10 +356,10 @@ class Owner:
     """Two meshes on an in-memory network: requests to ``forwarder`` for sessions of ``owner``
     travel over a real peer link."""
 
-    def __init__(self) -> None:
+    def __init__(self, **forwarder_options: Any) -> None:
         self.net = MemoryNet()
-        self.forwarder, _ = make()
-        sio = socketio.AsyncServer(async_mode="asgi")
+        self.forwarder, self.forwarder_sio = make(**forwarder_options)
+        self.sio = sio = socketio.AsyncServer(async_mode="asgi")
         self.owner = SioMesh(
             socketio.ASGIApp(sio), node_url=PEER, peers=[NODE, PEER], secret=SECRET, env={}
         )
@@ -466,7 +466,9 @@ async def test_owner_going_away_mid_poll_is_a_400() -> None:
 
 
 async def test_websocket_upgrade_is_relayed_to_the_owner_over_a_link() -> None:
-    async with Owner() as o:
+    """With takeover disabled (or when it cannot happen: tests/unit/test_takeover.py), an
+    upgrade that lands on another node is relayed to the owner for the socket's life."""
+    async with Owner(takeover={"enabled": False}) as o:
         sid = await o.session()
         to_server: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         to_client: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

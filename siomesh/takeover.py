@@ -1,0 +1,411 @@
+"""Upgrade takeover: a session's WebSocket is served by the node it lands on, never relayed.
+
+Behind a non-sticky balancer a client's WebSocket upgrade (``?sid=...&transport=websocket``)
+lands on any node. Relaying it to the session's owner for the connection's whole life costs two
+sockets and a second frame parse per message, and ties the client to a node that does not own
+it. Instead, the node where the WebSocket lands (*B*) takes the session over from its owner
+(*A*), and serves it; nothing is relayed afterwards.
+
+What makes this safe is that only a *pristine* session moves: one whose Socket.IO layer has not
+seen a packet yet, so that the app's ``connect`` handler runs exactly once, on the node that
+ends up owning the session, and no app state is left behind on *A*.
+
+1. **Hold (A).** A session created by a polling handshake holds its Socket.IO layer: Engine.IO
+   MESSAGE packets it receives (the JS client's CONNECT, sent by polling alongside its upgrade
+   probe) are buffered, not given to python-socketio, until the session settles: its upgrade
+   completes on *A* itself (the UPGRADE packet), or ``takeover.window`` passes after the
+   handshake (the held packets are then dispatched, in order), or it is handed off.
+   python-socketio's client upgrades before it sends anything, so it is never held.
+2. **Claim (B).** The upgrade lands on *B*, which sends ``session.takeover`` to *A* over its
+   control link (authenticated: *A* hands the session only to the member that proved the
+   secret, never to an address named in a message), bounded by ``takeover.timeout``. While
+   the claim is pending, requests for the sid on *B* wait for it.
+3. **Hand off (A).** Atomically (no await between the checks and the removal, so no packet of
+   the session can be received in between): *A* takes the held packets and whatever is queued
+   for the client, wakes a pending long-poll with a NOOP (the client polls again and reaches
+   *B*), removes the session without a CLOSE, keeps a forward pointer ``sid -> B`` and answers
+   with the session: sid, the handshake's ASGI scope, the held and queued packets.
+4. **Install (B).** *B* rebuilds the handshake environ from the scope (the same
+   ``translate_request`` python-engineio used on *A*), creates the Engine.IO socket under the
+   same sid, lets python-socketio store the environ, queues the packets for the client,
+   dispatches the held packets in order, and serves the WebSocket itself. The directory now
+   lists the sid under *B* (a live entry beats *A*'s tombstone, see :mod:`siomesh.routing`);
+   until peers learn it, requests that still reach *A* follow the pointer (one extra hop).
+5. **Fallback.** A session that cannot move (it already talked Socket.IO, its upgrade started
+   elsewhere, the owner does not answer in time, a server without python-socketio) keeps
+   today's relay; counted as ``takeover_fallbacks``, logged at DEBUG with the reason.
+
+Ordering holds across the move: the client sends nothing over a new WebSocket before the
+upgrade completes, and completes it only after its pending polls and posts returned (the
+Engine.IO upgrade protocol), so every packet it sent by polling reached *A* before the hand-off
+(and moved with it) or is forwarded to *B* by the pointer before anything it sends later.
+
+One :class:`Takeover` per node; everything runs on the node's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+
+from .config import TakeoverConfig
+from .links.frames import FrameType, RequestMeta
+from .links.link import Link, LinkClosed, Stream
+from .links.pool import LinkPool, LinkUnavailable
+
+__all__ = ["TAKEOVER_CALL", "Hold", "Takeover"]
+
+log = logging.getLogger("siomesh.takeover")
+
+#: The start of the call a node sends to take a session over (followed by the sid).
+TAKEOVER_CALL = b'{"op":"session.takeover","sid":'
+
+#: Held packets per session beyond which the hold ends early (nothing from a client is buffered
+#: without bound).
+MAX_HELD = 64
+
+_MESSAGE = eio_packet.MESSAGE
+_UPGRADE = eio_packet.UPGRADE
+
+
+class Hold:
+    """A new session's hold (see the module docstring), kept on its socket as
+    ``socket.siomesh_hold``."""
+
+    __slots__ = ("buffer", "created", "dispatched", "inner", "phase", "timer")
+
+    def __init__(self, inner: Callable[[Any], Any], created: float) -> None:
+        self.inner = inner
+        self.created = created
+        self.buffer: deque[Any] = deque()
+        #: "held" (buffering), "flushing", "open" (settled), "moved" (handed off)
+        self.phase = "held"
+        #: whether any MESSAGE reached python-socketio: the session is no longer pristine
+        self.dispatched = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def movable(self) -> bool:
+        return not self.dispatched and not self.buffer_flushing and self.phase != "moved"
+
+    @property
+    def buffer_flushing(self) -> bool:
+        return self.phase == "flushing"
+
+
+def _encode_packet(pkt: Any) -> list[Any]:
+    data = pkt.data
+    if isinstance(data, bytes):
+        return [pkt.packet_type, "b", base64.b64encode(data).decode("ascii")]
+    return [pkt.packet_type, "j", data]
+
+
+def _decode_packet(raw: Any) -> Any:
+    if not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[0], int):
+        raise ValueError("malformed packet in a takeover")
+    kind, form, data = raw
+    if form == "b":
+        data = base64.b64decode(data)
+    elif form != "j":
+        raise ValueError("malformed packet in a takeover")
+    return eio_packet.Packet(kind, data)
+
+
+class Takeover:
+    """The node's takeover machinery: holds (owner side), claims and installs (taker side),
+    forward pointers. ``eio``/``sio`` are the node's servers (``sio`` None: no takeover),
+    ``is_member(url)`` says whether a URL is a live member."""
+
+    def __init__(
+        self,
+        config: TakeoverConfig,
+        *,
+        eio: Any,
+        sio: Any,
+        links: LinkPool,
+        is_member: Callable[[str], bool],
+        stats: dict[str, int],
+        pointer_ttl: float,
+    ) -> None:
+        self.config = config
+        self.enabled = config.enabled and sio is not None
+        self._eio = eio
+        self._sio = sio
+        self._links = links
+        self._is_member = is_member
+        self._pointer_ttl = pointer_ttl
+        self.stats = stats
+        for key in ("takeovers", "takeover_fallbacks", "sessions_handed_off", "takeover_lost"):
+            stats.setdefault(key, 0)
+        #: sid -> the member this node handed it to (forward pointers, kept ``pointer_ttl``)
+        self.pointers: dict[str, str] = {}
+        self._pointer_expiry: deque[tuple[float, str]] = deque()
+        #: sid -> set once this node's claim on it ended (installed or not)
+        self.pending: dict[str, asyncio.Event] = {}
+        self._installing: set[str] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        #: per-session notes for the demo and for debugging: sid -> how it moved
+        self.origins: dict[str, str] = {}
+
+    # -- owner side: holding -------------------------------------------------------------------
+
+    def on_socket_added(self, sid: str, socket: Any) -> None:
+        """TrackedSockets hook: hold every session created here by a handshake (not one this
+        node installs from a takeover)."""
+        if not self.enabled or sid in self._installing:
+            return
+        if getattr(socket, "siomesh_hold", None) is not None:
+            return
+        loop = asyncio.get_running_loop()
+        hold = Hold(socket.receive, loop.time())
+        socket.siomesh_hold = hold
+
+        async def held_receive(pkt: Any) -> Any:
+            kind = pkt.packet_type
+            if kind == _MESSAGE:
+                if hold.phase in ("held", "flushing"):
+                    if socket.upgraded and hold.phase == "held":
+                        # a WebSocket handshake, or the upgrade completed here: settled
+                        await self.release(socket)
+                        return await self._dispatch(hold, pkt)
+                    hold.buffer.append(pkt)
+                    if hold.phase == "held":
+                        if len(hold.buffer) >= MAX_HELD:
+                            await self.release(socket)
+                        elif hold.timer is None:
+                            hold.timer = loop.call_at(
+                                hold.created + self.config.window, self._release_later, socket
+                            )
+                    return None
+                if hold.phase == "moved":
+                    # Cannot happen (the hand-off is atomic with respect to receiving); if it
+                    # did, the packet would be lost: say so.
+                    self.stats["takeover_lost"] += 1
+                    log.warning("siomesh: a packet reached session %s after it moved", sid)
+                    return None
+                return await self._dispatch(hold, pkt)
+            result = await hold.inner(pkt)
+            if kind == _UPGRADE and hold.phase == "held":
+                await self.release(socket)  # the transport settled on this node
+            return result
+
+        socket.receive = held_receive
+
+    @staticmethod
+    async def _dispatch(hold: Hold, pkt: Any) -> Any:
+        hold.dispatched = True
+        return await hold.inner(pkt)
+
+    def _release_later(self, socket: Any) -> None:
+        task = asyncio.ensure_future(self.release(socket))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def release(self, socket: Any) -> None:
+        """End a session's hold: dispatch its held packets, in order (idempotent)."""
+        hold: Hold | None = getattr(socket, "siomesh_hold", None)
+        if hold is None or hold.phase != "held":
+            return
+        if socket.closed:
+            hold.buffer.clear()  # the client left while held: nothing to dispatch
+            hold.phase = "open"
+            return
+        if hold.timer is not None:
+            hold.timer.cancel()
+            hold.timer = None
+        hold.phase = "flushing"
+        try:
+            while hold.buffer:  # packets that arrive meanwhile join the end of the buffer
+                await self._dispatch(hold, hold.buffer.popleft())
+        finally:
+            if hold.phase == "flushing":
+                hold.phase = "open"
+
+    # -- owner side: handing off ---------------------------------------------------------------
+
+    def hand_off(self, sid: str, to: str) -> dict[str, Any] | str:
+        """Give session ``sid`` to member ``to``: its state, or why not. Does not await: no
+        packet of the session can be received between the checks and the removal."""
+        socket = self._eio.sockets.get(sid)
+        if socket is None:
+            return "unknown session"
+        hold: Hold | None = getattr(socket, "siomesh_hold", None)
+        if hold is None or not hold.movable:
+            return "the session already talks Socket.IO here"
+        if socket.closed or socket.closing or socket.upgrading or socket.upgraded:
+            return "the session's transport settled here"
+        if not self._is_member(to):
+            return "not a live member"
+        environ = self._sio.environ.get(sid) if self._sio is not None else None
+        scope = environ.get("asgi.scope") if isinstance(environ, dict) else None
+        if not isinstance(scope, dict):
+            return "no handshake environ"
+        queued: list[Any] = []
+        while True:
+            try:
+                pkt = socket.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            socket.queue.task_done()
+            if pkt is not None:
+                queued.append(_encode_packet(pkt))
+        held = [_encode_packet(p) for p in hold.buffer]
+        hold.buffer.clear()
+        if hold.timer is not None:
+            hold.timer.cancel()
+            hold.timer = None
+        hold.phase = "moved"
+        # Wake a pending long-poll: the client polls again and reaches the new owner.
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        socket.closing = socket.closed = True  # stops its ping task; no CLOSE is sent
+        self._eio.sockets.pop(sid, None)
+        self._sio.environ.pop(sid, None)
+        self._add_pointer(sid, to)
+        self.stats["sessions_handed_off"] += 1
+        meta = RequestMeta.from_scope(scope, list(scope.get("headers", [])))
+        return {"scope": meta.to_wire(), "held": held, "queued": queued}
+
+    def _add_pointer(self, sid: str, to: str) -> None:
+        now = asyncio.get_running_loop().time()
+        while self._pointer_expiry and self._pointer_expiry[0][0] <= now:
+            _, old = self._pointer_expiry.popleft()
+            self.pointers.pop(old, None)
+        self.pointers[sid] = to
+        self._pointer_expiry.append((now + self._pointer_ttl, sid))
+
+    def moved_to(self, sid: str) -> str | None:
+        """The live member this node handed ``sid`` to, if any."""
+        target = self.pointers.get(sid)
+        if target is None or not self._is_member(target):
+            return None
+        return target
+
+    async def serve_claim(self, link: Link, stream: Stream, payload: bytes) -> None:
+        """Answer a ``session.takeover`` call from ``link.peer`` (authenticated by the link)."""
+        try:
+            sid = json.loads(payload)["sid"]
+            if not isinstance(sid, str):
+                raise TypeError("sid")
+        except (ValueError, TypeError, KeyError):
+            stream.send(FrameType.REPLY, b"\x01malformed takeover call")
+            return
+        if not self.enabled:
+            stream.send(FrameType.REPLY, b"\x01takeover is disabled on the owner")
+            return
+        result = self.hand_off(sid, link.peer)
+        if isinstance(result, str):
+            stream.send(FrameType.REPLY, b"\x01" + result.encode())
+            return
+        log.debug("siomesh: session %s handed to %s", sid, link.peer)
+        if not stream.send(FrameType.REPLY, b"\x00" + json.dumps(result).encode()):
+            # the claimer cannot learn it: its client's WebSocket gets relayed to us, follows
+            # the pointer back to it and is refused there; the client reconnects
+            self.stats["takeover_lost"] += 1
+            log.warning("siomesh: the takeover answer for %s could not be sent", sid)
+
+    # -- taker side ----------------------------------------------------------------------------
+
+    async def claim(self, sid: str, owner: str) -> bool:
+        """Take session ``sid`` over from ``owner``; True when it is now served here (the
+        caller serves the WebSocket locally), False to relay as before (counted)."""
+        if not self.enabled or sid in self.pending or sid in self._eio.sockets:
+            return False
+        done = self.pending[sid] = asyncio.Event()
+        reason = ""
+        try:
+            try:
+                state = await self._ask(sid, owner)
+            except (LinkUnavailable, LinkClosed, asyncio.TimeoutError) as exc:
+                # Unknown whether the owner handed it off; if it did, the relay finds the
+                # pointer back here and the client reconnects (counted by the owner).
+                reason = f"no answer: {exc!r}"
+                return False
+            if isinstance(state, str):
+                reason = state
+                return False
+            try:
+                await self._install(sid, state, owner)
+            except Exception as exc:
+                self.stats["takeover_lost"] += 1
+                log.warning("siomesh: session %s from %s not installed: %r", sid, owner, exc)
+                reason = f"install failed: {exc!r}"
+                return False
+            self.stats["takeovers"] += 1
+            return True
+        finally:
+            if reason:
+                self.stats["takeover_fallbacks"] += 1
+                log.debug("siomesh: session %s not taken over from %s: %s", sid, owner, reason)
+            del self.pending[sid]
+            done.set()
+
+    async def _ask(self, sid: str, owner: str) -> dict[str, Any] | str:
+        link = await self._links.get(owner, "control")
+        stream = link.open_stream()
+        try:
+            body = TAKEOVER_CALL + json.dumps(sid).encode() + b"}"
+            if not stream.send(FrameType.CALL, body):
+                raise LinkUnavailable(f"{owner}: link closed or full")
+            kind, payload = await stream.next(self.config.timeout)
+        finally:
+            stream.close()
+        if kind is not FrameType.REPLY or not payload:
+            return f"unexpected {kind.name} answer"
+        if payload[0] != 0:
+            return payload[1:].decode("utf-8", "replace")
+        state = json.loads(payload[1:])
+        if not isinstance(state, dict):
+            return "malformed answer"
+        return state
+
+    async def _install(self, sid: str, state: dict[str, Any], owner: str) -> None:
+        scope = RequestMeta.from_wire(state["scope"]).scope("http")
+        queued = [_decode_packet(p) for p in state.get("queued", [])]
+        held = [_decode_packet(p) for p in state.get("held", [])]
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            return None
+
+        environ = await self._eio._async["translate_request"](scope, receive, send)
+        environ["siomesh.taken_over_from"] = owner
+        socket = AsyncSocket(self._eio, sid)
+        socket.connected = True
+        self._installing.add(sid)
+        try:
+            self._eio.sockets[sid] = socket
+        finally:
+            self._installing.discard(sid)
+        self.origins[sid] = owner
+        if len(self.origins) > 4 * max(1, len(self._eio.sockets)) + 1024:
+            self._prune_origins()
+        await self._eio._trigger_event("connect", sid, environ, run_async=False)
+        for pkt in queued:
+            socket.queue.put_nowait(pkt)
+        socket.schedule_ping()
+        for pkt in held:
+            await socket.receive(pkt)
+
+    def _prune_origins(self) -> None:
+        live = self._eio.sockets
+        for sid in [s for s in self.origins if s not in live]:
+            del self.origins[sid]
+
+    async def wait_installed(self, sid: str) -> None:
+        """Wait (bounded by ``takeover.timeout``) until this node's pending claim on ``sid``
+        ends: a request for it is then served here, or routed as usual."""
+        done = self.pending.get(sid)
+        if done is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), self.config.timeout + 1.0)

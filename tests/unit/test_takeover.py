@@ -1,0 +1,220 @@
+"""Upgrade takeover (siomesh.takeover) between two in-process nodes over real peer links on an
+in-memory network: the WebSocket is served where it lands, the app's connect handler runs once
+there with the handshake's environ, held packets move with the session, late polls follow it,
+and a session that cannot move is relayed (counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import socketio
+
+from .test_middleware import PEER, Owner, call, until
+
+
+def _count_connects(sio: socketio.AsyncServer, seen: list[dict[str, Any]]) -> None:
+    @sio.event
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        seen.append(environ)
+
+    @sio.event
+    async def echo(sid: str, data: Any) -> Any:
+        return data
+
+
+class Socket:
+    """A raw WebSocket scope driven by hand, as uvicorn would deliver it."""
+
+    def __init__(self, sid: str) -> None:
+        self.to_server: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.to_client: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.scope = {
+            "type": "websocket",
+            "path": "/socket.io/",
+            "raw_path": b"/socket.io/",
+            "query_string": f"EIO=4&transport=websocket&sid={sid}".encode(),
+            "headers": [
+                (b"host", b"public.example"),
+                (b"connection", b"Upgrade"),
+                (b"upgrade", b"websocket"),
+                (b"sec-websocket-key", b"k"),
+            ],
+            "client": ("10.1.2.3", 5000),
+            "server": ("127.0.0.1", 8001),
+            "scheme": "ws",
+            "http_version": "1.1",
+            "subprotocols": [],
+        }
+
+    async def expect(self, kind: str) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.to_client.get(), 2)
+        assert message["type"] == kind, message
+        return message
+
+    async def text(self) -> str:
+        """The next text frame that is not a NOOP."""
+        while True:
+            text = str((await self.expect("websocket.send"))["text"])
+            if text != "6":
+                return text
+
+    async def upgrade(self) -> None:
+        await self.to_server.put({"type": "websocket.connect"})
+        await self.expect("websocket.accept")
+        await self.to_server.put({"type": "websocket.receive", "text": "2probe"})
+        assert await self.text() == "3probe"
+        await self.to_server.put({"type": "websocket.receive", "text": "5"})
+
+    async def close(self, task: asyncio.Future[Any]) -> None:
+        await self.to_server.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(task, 2)
+
+
+async def _handshake(o: Owner, headers: Any = ()) -> str:
+    status, _, body = await call(
+        o.owner, "GET", "/socket.io/", b"EIO=4&transport=polling&token=abc", headers
+    )
+    assert status == 200
+    sid: str = json.loads(body[1:])["sid"]
+    return sid
+
+
+async def test_upgrade_landing_elsewhere_is_taken_over_not_relayed() -> None:
+    """python-socketio's client: handshake on the owner, then at once the upgrade, which lands
+    on the other node: that node takes the session over and serves the WebSocket; the connect
+    handler runs once, there, with the handshake's headers and query."""
+    async with Owner() as o:
+        on_owner: list[dict[str, Any]] = []
+        on_taker: list[dict[str, Any]] = []
+        _count_connects(o.sio, on_owner)
+        _count_connects(o.forwarder_sio, on_taker)
+        sid = await _handshake(o, [(b"x-app", b"from-handshake")])
+        ws = Socket(sid)
+        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        await ws.upgrade()
+        await ws.to_server.put({"type": "websocket.receive", "text": "40"})
+        assert (await ws.text()).startswith("40{")
+        await ws.to_server.put({"type": "websocket.receive", "text": '421["echo","hi"]'})
+        assert await ws.text() == '431["hi"]'
+
+        assert on_owner == [] and len(on_taker) == 1
+        environ = on_taker[0]
+        assert environ["HTTP_X_APP"] == "from-handshake"
+        assert "token=abc" in environ["QUERY_STRING"]
+        assert environ["siomesh.taken_over_from"] == PEER
+        assert sid in o.forwarder.local_sids and sid not in o.owner.local_sids
+        assert o.forwarder.stats["takeovers"] == 1
+        assert o.forwarder.stats["takeover_fallbacks"] == 0
+        assert o.forwarder.stats["relayed_websockets"] == 0
+        assert o.owner.stats["sessions_handed_off"] == 1
+        status = o.forwarder.status()
+        assert (status["relayed_websockets"], status["takeovers"]) == (0, 1)
+        assert status["takeover_fallbacks"] == 0
+        await ws.close(task)
+
+
+async def test_connect_sent_by_polling_before_the_probe_moves_with_the_session() -> None:
+    """The JS client: CONNECT by polling (held on the owner, the app sees nothing), a long-poll
+    pending there, then the upgrade lands elsewhere: the pending poll ends with a NOOP, the
+    CONNECT is dispatched once on the new owner and its answer reaches the client."""
+    async with Owner() as o:
+        on_owner: list[dict[str, Any]] = []
+        on_taker: list[dict[str, Any]] = []
+        _count_connects(o.sio, on_owner)
+        _count_connects(o.forwarder_sio, on_taker)
+        sid = await _handshake(o)
+        query = f"EIO=4&transport=polling&sid={sid}".encode()
+        status, _, body = await call(
+            o.owner, "POST", "/socket.io/", query, [(b"content-length", b"2")], b"40"
+        )
+        assert (status, body) == (200, b"OK")
+        pending = asyncio.ensure_future(call(o.owner, "GET", "/socket.io/", query))
+        await asyncio.sleep(0.05)
+        assert on_owner == [] and not pending.done()  # held
+
+        ws = Socket(sid)
+        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        await ws.to_server.put({"type": "websocket.connect"})
+        await ws.expect("websocket.accept")
+        status, _, body = await asyncio.wait_for(pending, 2)
+        assert (status, body) == (200, b"6")  # the owner's pending poll: a NOOP
+        # a late poll sent to the old owner follows the session to its new owner (which is
+        # upgrading it: python-engineio answers polls with a NOOP meanwhile)
+        status, _, body = await asyncio.wait_for(call(o.owner, "GET", "/socket.io/", query), 2)
+        assert (status, body) == (200, b"6")
+        await ws.to_server.put({"type": "websocket.receive", "text": "2probe"})
+        assert await ws.text() == "3probe"
+        await ws.to_server.put({"type": "websocket.receive", "text": "5"})
+        assert (await ws.text()).startswith("40{")  # the answer to the moved CONNECT
+        await ws.to_server.put({"type": "websocket.receive", "text": '421["echo",1]'})
+        assert await ws.text() == "431[1]"
+        assert on_owner == [] and len(on_taker) == 1
+        assert o.forwarder.stats["takeovers"] == 1
+        assert o.owner.stats["forwarded"] == 1  # the late poll
+        await ws.close(task)
+
+
+async def test_a_session_that_already_talks_socketio_is_relayed() -> None:
+    """Past the window the held CONNECT is dispatched on the owner: the session no longer
+    moves, its upgrade elsewhere is relayed and counted as a fallback."""
+    async with Owner() as o:
+        on_owner: list[dict[str, Any]] = []
+        on_taker: list[dict[str, Any]] = []
+        _count_connects(o.sio, on_owner)
+        _count_connects(o.forwarder_sio, on_taker)
+        sid = await _handshake(o)
+        query = f"EIO=4&transport=polling&sid={sid}".encode()
+        await call(o.owner, "POST", "/socket.io/", query, [(b"content-length", b"2")], b"40")
+        await until(lambda: len(on_owner) == 1)  # takeover.window (0.25 s) passed
+        _status, _, body = await asyncio.wait_for(call(o.owner, "GET", "/socket.io/", query), 2)
+        assert body.startswith(b"40{")
+
+        ws = Socket(sid)
+        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        await ws.upgrade()
+        await ws.to_server.put({"type": "websocket.receive", "text": '421["echo",2]'})
+        assert await ws.text() == "431[2]"
+        assert on_taker == [] and len(on_owner) == 1
+        assert o.forwarder.stats["takeovers"] == 0
+        assert o.forwarder.stats["takeover_fallbacks"] == 1
+        assert o.forwarder.stats["relayed_websockets"] == 1
+        assert sid in o.owner.local_sids
+        await ws.close(task)
+
+
+async def test_owner_with_takeover_disabled_keeps_its_session() -> None:
+    o = Owner()
+    o.owner.node.takeover.enabled = False
+    async with o:
+        sid = await _handshake(o)
+        ws = Socket(sid)
+        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        await ws.upgrade()
+        await ws.to_server.put({"type": "websocket.receive", "text": "40"})
+        assert (await ws.text()).startswith("40{")
+        assert o.forwarder.stats["takeover_fallbacks"] == 1
+        assert o.forwarder.stats["relayed_websockets"] == 1
+        await ws.close(task)
+
+
+async def test_polling_only_connect_waits_at_most_the_window() -> None:
+    """A polling-only client's CONNECT is held at most ``takeover.window`` after the
+    handshake; with the window at 0 it is answered at once."""
+    for window, bound in ((0.0, 0.15), (0.2, 0.6)):
+        o = Owner()
+        o.owner.node.takeover.config = type(o.owner.node.takeover.config)(window=window)
+        async with o:
+            seen: list[dict[str, Any]] = []
+            _count_connects(o.sio, seen)
+            sid = await _handshake(o)
+            query = f"EIO=4&transport=polling&sid={sid}".encode()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await call(o.owner, "POST", "/socket.io/", query, [(b"content-length", b"2")], b"40")
+            _status, _, body = await asyncio.wait_for(call(o.owner, "GET", "/socket.io/", query), 2)
+            took = loop.time() - began
+            assert body.startswith(b"40{") and len(seen) == 1
+            assert took < bound, (window, took)
+            assert took >= window * 0.5, (window, took)
