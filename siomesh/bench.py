@@ -7,7 +7,10 @@ Three scenarios (``--scenario``; docs/benchmark.md shows the commands and explai
   round-robin against 3 plain nodes on ``AsyncRedisManager`` + redis-server behind HAProxy
   cookie stickiness (:mod:`siomesh.benchkit.broadcasts`);
 * ``latency``: room broadcast latency and burst rate, the mesh adapter against
-  ``AsyncRedisManager`` + redis-server (:mod:`siomesh.benchkit.broadcasts`).
+  ``AsyncRedisManager`` + redis-server (:mod:`siomesh.benchkit.broadcasts`);
+* ``connects``: connect storms through nginx round-robin (python-socketio and npm clients):
+  lost CONNECTs, connect handler runs, relayed WebSockets and takeovers, and polling-only
+  connect time against sticky (:mod:`siomesh.benchkit.connects`).
 
 Setups of ``roundtrip`` (each started fresh on free loopback ports, stopped by pid afterwards):
 
@@ -46,7 +49,7 @@ from typing import Any
 
 __all__ = ["add_arguments", "main"]
 
-SCENARIO_KINDS = ("roundtrip", "scale", "latency")
+SCENARIO_KINDS = ("roundtrip", "scale", "latency", "connects")
 
 BASELINE = "sticky-haproxy-cookie"
 WORKLOADS: dict[str, tuple[str, ...]] = {
@@ -222,7 +225,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SCENARIO_KINDS,
         default="roundtrip",
         help="roundtrip (default): acked round trips through every setup; scale: N clients in "
-        "one room, K broadcasts; latency: broadcast latency, mesh adapter vs Redis",
+        "one room, K broadcasts; latency: broadcast latency, mesh adapter vs Redis; connects: "
+        "connect storms (lost CONNECTs, takeovers) and polling-only connect time vs sticky",
     )
     parser.add_argument("--quick", action="store_true", help="a small run, for tests")
     parser.add_argument("--out", default="bench-results", help="directory for JSON, text, PNG")
@@ -230,7 +234,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clients",
         type=_count,
         default=None,
-        help="clients per setup (roundtrip 50, scale 2000, latency 150 receivers)",
+        help="clients per setup (roundtrip 50, scale 2000, latency 150 receivers, connects 1000)",
     )
     parser.add_argument("--rounds", type=_count, default=None, help="round trips per client")
     parser.add_argument(
@@ -265,8 +269,21 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _connects(args: argparse.Namespace) -> int:
+    from .benchkit import connects
+
+    params = connects.ConnectsParams()
+    if args.quick:
+        params = connects.ConnectsParams(clients=60, wave=30, echoes=2, polling_clients=30)
+    if args.clients:
+        params = replace(params, clients=args.clients)
+    return connects.run_connects(params, Path(args.out))
+
+
 def _broadcasts(args: argparse.Namespace) -> int:
     scenario = getattr(args, "scenario", "roundtrip")
+    if scenario == "connects":
+        return _connects(args)
     out = Path(args.out)
     quick = bool(args.quick)
     clients = args.clients

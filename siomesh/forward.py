@@ -71,6 +71,11 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Scope key set on a request the owner received over a link: the forwarding member's URL.
 FORWARDED_BY = "siomesh.forwarded_by"
+#: Scope key set on a relayed WebSocket: why the member it landed on relays it.
+RELAY_REASON_KEY = "siomesh.relay_reason"
+#: The header that carries it over the link (the owner removes it; clients cannot send
+#: ``x-siomesh-*`` headers, the middleware strips them).
+RELAY_REASON = b"x-siomesh-relay-reason"
 
 # RFC 9110 section 7.6.1, plus framing headers the receiving server computes itself.
 _HOP_BY_HOP = frozenset(
@@ -323,17 +328,20 @@ class Forwarder:
         return None
 
     async def forward_websocket(
-        self, scope: Scope, receive: Receive, send: Send, target: str
+        self, scope: Scope, receive: Receive, send: Send, target: str, reason: str = ""
     ) -> None:
-        """Relay a WebSocket to ``target`` (its ``websocket.connect`` already consumed).
+        """Relay a WebSocket to ``target`` (its ``websocket.connect`` already consumed);
+        ``reason`` (why it is relayed, not served here) travels with it, for the owner's
+        :meth:`MeshNode.journey <siomesh.node.MeshNode.journey>`.
 
         Raises :class:`OwnerUnreachable` or :class:`OwnerRefused` before the client is
         accepted; once accepted, returns when either side closes.
         """
         link = await self._link(target)
-        meta = RequestMeta.from_scope(
-            scope, forwarded_headers(scope["headers"], _client_host(scope), websocket=True)
-        )
+        headers = forwarded_headers(scope["headers"], _client_host(scope), websocket=True)
+        if reason:
+            headers.append((RELAY_REASON, reason.encode("utf-8", "replace")[:200]))
+        meta = RequestMeta.from_scope(scope, headers)
         stream = link.open_stream()
         try:
             if not stream.send(FrameType.WS_OPEN, encode_meta_body(meta.to_wire())):
@@ -490,6 +498,10 @@ class ForwardedServer:
         raw_meta, _ = decode_meta_body(payload)
         scope = RequestMeta.from_wire(raw_meta).scope("websocket")
         scope[FORWARDED_BY] = link.peer
+        for name, value in scope["headers"]:
+            if name == RELAY_REASON:
+                scope[RELAY_REASON_KEY] = value.decode("utf-8", "replace")
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != RELAY_REASON]
         # python-engineio recognises an upgrade by these two headers, which are hop-by-hop
         # and so were not forwarded: a WebSocket scope always had them.
         scope["headers"] += [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]

@@ -34,6 +34,8 @@ from .cluster import ClusterView, StaticCluster
 from .config import MeshConfig
 from .discovery import EngineTarget, find_engine
 from .forward import (
+    FORWARDED_BY,
+    RELAY_REASON_KEY,
     BodyTooLarge,
     ForwardedServer,
     Forwarder,
@@ -196,6 +198,8 @@ class MeshNode:
             stats=self.stats,
             pointer_ttl=max(30.0, 2 * poll_timeout),
         )
+        self._relays: dict[str, tuple[str, str]] = {}
+        self._forwarded_by: dict[str, dict[str, int]] = {}
         added: list[Callable[[str, Any], None]] = [
             lambda _, socket: guard_poll(socket),
             lambda _, socket: track_calls(socket),
@@ -380,6 +384,11 @@ class MeshNode:
         except to follow a session this node handed to another member (one more hop at most:
         a session moves once)."""
         sid = sid_of(scope.get("query_string", b""))
+        if sid is not None and sid in self.local_sids:
+            if scope["type"] == "websocket":
+                self._note_relay(sid, scope)
+            else:
+                self._note_forwarded(sid, str(scope.get(FORWARDED_BY, "")))
         if sid is not None and sid not in self.local_sids:
             if sid in self.takeover.pending:
                 await self.takeover.wait_installed(sid)
@@ -390,6 +399,55 @@ class MeshNode:
         if self.config.served_by_header:
             send = tagging_send(send, b"x-siomesh-served-by", self.config.node_url)
         await self.app(scope, receive, send)
+
+    def _note_forwarded(self, sid: str, peer: str) -> None:
+        counts = self._forwarded_by.get(sid)
+        if counts is None:
+            if len(self._forwarded_by) > 2 * len(self.local_sids) + 1024:
+                for gone in [s for s in self._forwarded_by if s not in self.local_sids]:
+                    del self._forwarded_by[gone]
+            counts = self._forwarded_by[sid] = {}
+        counts[peer] = counts.get(peer, 0) + 1
+
+    def _note_relay(self, sid: str, scope: Scope) -> None:
+        relays = self._relays
+        relays[sid] = (str(scope.get(FORWARDED_BY, "")), str(scope.get(RELAY_REASON_KEY, "")))
+        if len(relays) > 2 * len(self.local_sids) + 1024:
+            for gone in [s for s in relays if s not in self.local_sids]:
+                del relays[gone]
+
+    def journey(self, sid: str) -> dict[str, Any] | None:
+        """How Engine.IO session ``sid`` (owned here) reached this node, for demos and
+        debugging: where its handshake was served, and where its WebSocket landed and whether
+        it was served there, taken over from the handshake's node, or relayed (and why).
+        None when the session is not owned here."""
+        socket = self.local_sids.get(sid)
+        if socket is None:
+            return None
+        sio = self.engine.sio
+        environ = sio.environ.get(sid) if sio is not None else None
+        scope = environ.get("asgi.scope", {}) if isinstance(environ, dict) else {}
+        me = self.config.node_url
+        taken_from = self.takeover.origins.get(sid)
+        journey: dict[str, Any] = {
+            "owner": me,
+            "handshake": {
+                "served_by": taken_from or me,
+                "landed_on": scope.get(FORWARDED_BY) or taken_from or me,
+            },
+            "transport": "websocket" if socket.upgraded else "polling",
+            "websocket": None,
+            # polling requests that reached this owner through another node, per node
+            "forwarded_by": dict(self._forwarded_by.get(sid, {})),
+        }
+        if taken_from is not None:
+            journey["websocket"] = {"landed_on": me, "how": "taken over", "from": taken_from}
+        elif sid in self._relays:
+            peer, reason = self._relays[sid]
+            journey["websocket"] = {"landed_on": peer, "how": "relayed", "reason": reason}
+        elif socket.upgraded:
+            journey["websocket"] = {"landed_on": me, "how": "served by the owner"}
+        return journey
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, target: str, *, claim: bool
@@ -405,25 +463,27 @@ class MeshNode:
             if connect["type"] != "websocket.connect":
                 return True
             sid = sid_of(scope.get("query_string", b""))
-            if (
-                claim
-                and sid is not None
-                and not self.draining.is_set()
-                and await self.takeover.claim(sid, target)
-            ):
-                replayed = False
+            reason = "following the session to its new owner"
+            if claim and sid is not None:
+                if self.draining.is_set():
+                    reason = "this node is draining"
+                else:
+                    why_not = await self.takeover.claim(sid, target)
+                    if why_not is None:
+                        replayed = False
 
-                async def replay() -> dict[str, Any]:
-                    nonlocal replayed
-                    if not replayed:
-                        replayed = True
-                        return connect
-                    return await receive()
+                        async def replay() -> dict[str, Any]:
+                            nonlocal replayed
+                            if not replayed:
+                                replayed = True
+                                return connect
+                            return await receive()
 
-                await self.app(scope, replay, send)
-                return True
+                        await self.app(scope, replay, send)
+                        return True
+                    reason = why_not
             try:
-                await self.forwarder.forward_websocket(scope, receive, send, target)
+                await self.forwarder.forward_websocket(scope, receive, send, target, reason)
             except (OwnerUnreachable, OwnerRefused) as exc:
                 # The client is not accepted yet: close it the way python-engineio closes an
                 # unknown sid (uvicorn answers 403), so it reconnects.

@@ -314,35 +314,37 @@ class Takeover:
 
     # -- taker side ----------------------------------------------------------------------------
 
-    async def claim(self, sid: str, owner: str) -> bool:
-        """Take session ``sid`` over from ``owner``; True when it is now served here (the
-        caller serves the WebSocket locally), False to relay as before (counted)."""
-        if not self.enabled or sid in self.pending or sid in self._eio.sockets:
-            return False
+    async def claim(self, sid: str, owner: str) -> str | None:
+        """Take session ``sid`` over from ``owner``: None when it is now served here (the
+        caller serves the WebSocket locally), else why not (the caller relays it; counted)."""
+        if not self.enabled:
+            return "takeover is disabled here"
+        if sid in self.pending or sid in self._eio.sockets:
+            return "another WebSocket of this session is being taken over"
         done = self.pending[sid] = asyncio.Event()
-        reason = ""
+        reason: str | None = None
         try:
             try:
                 state = await self._ask(sid, owner)
             except (LinkUnavailable, LinkClosed, asyncio.TimeoutError) as exc:
                 # Unknown whether the owner handed it off; if it did, the relay finds the
                 # pointer back here and the client reconnects (counted by the owner).
-                reason = f"no answer: {exc!r}"
-                return False
+                reason = f"the owner did not answer: {exc!r}"
+                return reason
             if isinstance(state, str):
                 reason = state
-                return False
+                return reason
             try:
                 await self._install(sid, state, owner)
             except Exception as exc:
                 self.stats["takeover_lost"] += 1
                 log.warning("siomesh: session %s from %s not installed: %r", sid, owner, exc)
                 reason = f"install failed: {exc!r}"
-                return False
+                return reason
             self.stats["takeovers"] += 1
-            return True
+            return None
         finally:
-            if reason:
+            if reason is not None:
                 self.stats["takeover_fallbacks"] += 1
                 log.debug("siomesh: session %s not taken over from %s: %s", sid, owner, reason)
             del self.pending[sid]

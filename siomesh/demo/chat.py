@@ -11,6 +11,9 @@ Socket.IO events (namespace ``/``):
 * ``chat`` (text): broadcast ``{"name", "text", "node", "sid"}`` to everyone, where ``node`` is
   the worker that handled the message; acks ``True``.
 * ``whoami``: acks the URL of the worker that owns the session.
+* ``journey``: acks how the session reached its owner (:meth:`SioMesh.journey
+  <siomesh.node.MeshNode.journey>`): where the handshake was served, which workers forwarded
+  its polls, where its WebSocket landed and whether it was taken over or relayed (and why).
 
 The broadcast is a plain ``sio.emit``: SioMesh's cluster adapter relays it to the other workers.
 """
@@ -70,9 +73,14 @@ async def whoami(sid: str) -> str:
     return NODE
 
 
+async def journey(sid: str) -> dict[str, Any] | None:
+    eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
+    return app.journey(eio_sid) if eio_sid is not None else None
+
+
 # Registered without the @sio.event decorator, which is untyped and would hide these
 # signatures from mypy.
-for _handler in (connect, join, chat, whoami):
+for _handler in (connect, join, chat, whoami, journey):
     sio.on(_handler.__name__, handler=_handler)
 
 

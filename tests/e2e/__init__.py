@@ -163,3 +163,33 @@ def chromium_path() -> str | None:
         if found:
             return found
     return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def node_client() -> str:
+    """The ``node`` binary, with npm ``socket.io-client`` 4.8.4 installed in tests/e2e/node
+    (once); skips (fails under CI) without Node.js or the npm registry."""
+    node, npm = node_and_npm()
+    require(node is not None and npm is not None, "node and npm are not installed")
+    assert node is not None and npm is not None
+    if not (NODE_DIR / "node_modules" / "socket.io-client" / "package.json").exists():
+        try:
+            done = subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            require(False, "npm install timed out (is the npm registry reachable?)")
+        else:
+            require(done.returncode == 0, f"npm install failed:\n{done.stderr[-2000:]}")
+    version = json.loads(
+        (NODE_DIR / "node_modules" / "socket.io-client" / "package.json").read_text()
+    )["version"]
+    assert version == "4.8.4"
+    return node

@@ -323,7 +323,8 @@ async def test_message_crosses_workers(
 
 
 async def test_upgrade_reaches_websocket_across_workers(demo: Cluster, browser: Browser) -> None:
-    """The upgrade request lands on any worker; the mesh proxies the WebSocket to the owner."""
+    """The upgrade request lands on any worker, which serves it: the session is taken over
+    there (or it landed on the owner); the page's "path" panel says which, never a relay."""
     alice, bob = await two_pages_on_different_workers(browser, demo, "upgrade=1")
     for page in (alice, bob):
         await page.wait_for("demo.transport === 'websocket'")
@@ -331,3 +332,11 @@ async def test_upgrade_reaches_websocket_across_workers(demo: Cluster, browser: 
         echo_text = f"ws self-echo {await page.js('demo.sid')}"
         got = await exchange(page, page, echo_text)
         assert got["node"] == await page.js("demo.owner")
+        await page.wait_for("demo.journey && demo.journey.websocket", timeout=10)
+        journey = await page.js("demo.journey")
+        assert journey["owner"] == await page.js("demo.owner")
+        assert journey["transport"] == "websocket"
+        assert journey["websocket"]["how"] in ("taken over", "served by the owner"), journey
+        assert journey["websocket"]["landed_on"] == journey["owner"], journey
+        panel = await page.js("document.getElementById('journey').textContent")
+        assert "WebSocket landed on" in panel, panel

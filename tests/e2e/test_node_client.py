@@ -20,8 +20,7 @@ from tests.e2e import (
     HAS_ADAPTER,
     NEEDS_ADAPTER,
     Cluster,
-    node_and_npm,
-    require,
+    node_client,
     run_cluster,
 )
 
@@ -33,28 +32,7 @@ MODES = ["polling", "upgrade"]
 
 @pytest.fixture(scope="module")
 def node_bin() -> str:
-    node, npm = node_and_npm()
-    require(node is not None and npm is not None, "node and npm are not installed")
-    assert node is not None and npm is not None
-    if not (NODE_DIR / "node_modules" / "socket.io-client" / "package.json").exists():
-        try:
-            done = subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund"],
-                cwd=NODE_DIR,
-                capture_output=True,
-                text=True,
-                timeout=180,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            require(False, "npm install timed out (is the npm registry reachable?)")
-        else:
-            require(done.returncode == 0, f"npm install failed:\n{done.stderr[-2000:]}")
-    version = json.loads(
-        (NODE_DIR / "node_modules" / "socket.io-client" / "package.json").read_text()
-    )["version"]
-    assert version == "4.8.4"
-    return node
+    return node_client()
 
 
 @pytest.fixture(scope="module")

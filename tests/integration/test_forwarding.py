@@ -78,16 +78,22 @@ async def test_round_trips_through_round_robin(
     mesh: MeshCluster, balancer: Balancer, transport: str, kind: str
 ) -> None:
     payload = text_payload if kind == "text" else binary_payload
+    takeovers = mesh.total("takeovers")
     result, forwarded = await _run(
         mesh, balancer, transport, payload, clients=CLIENTS, round_trips=ROUND_TRIPS
     )
+    takeovers = mesh.total("takeovers") - takeovers
     assert result.connected == CLIENTS
     assert len(result.latencies) == CLIENTS * ROUND_TRIPS
     # Round-robin spreads the handshakes, so sessions live on several nodes...
     assert len(result.nodes_seen) >= 2, result.summary()
-    # ...and a polling session's later requests land on other nodes and are forwarded.
-    if transport != "websocket":
+    if transport == "polling":
+        # ...and a polling session's later requests land on other nodes and are forwarded;
         assert forwarded > 0, f"no request was forwarded: {result.summary()}"
+    elif transport == "upgrade":
+        # an upgrade that lands on another node takes its session over: nothing is relayed
+        assert takeovers > 0, f"no session was taken over: {result.summary()}"
+        assert mesh.total("relayed_websockets") == 0
     errors = mesh.total("forward_errors")
     assert errors == 0, f"forward errors on the nodes: {mesh.stats('forward_errors')}"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import socketio
 
-from .test_middleware import PEER, Owner, call, until
+from .test_middleware import NODE, PEER, Owner, call, until
 
 
 def _count_connects(sio: socketio.AsyncServer, seen: list[dict[str, Any]]) -> None:
@@ -111,6 +111,11 @@ async def test_upgrade_landing_elsewhere_is_taken_over_not_relayed() -> None:
         assert o.owner.stats["sessions_handed_off"] == 1
         status = o.forwarder.status()
         assert (status["relayed_websockets"], status["takeovers"]) == (0, 1)
+        journey = o.forwarder.journey(sid)
+        assert journey is not None
+        assert journey["handshake"]["served_by"] == PEER
+        assert journey["websocket"] == {"landed_on": NODE, "how": "taken over", "from": PEER}
+        assert journey["transport"] == "websocket"
         assert status["takeover_fallbacks"] == 0
         await ws.close(task)
 
@@ -181,6 +186,12 @@ async def test_a_session_that_already_talks_socketio_is_relayed() -> None:
         assert o.forwarder.stats["takeover_fallbacks"] == 1
         assert o.forwarder.stats["relayed_websockets"] == 1
         assert sid in o.owner.local_sids
+        journey = o.owner.journey(sid)
+        assert journey is not None and journey["websocket"] == {
+            "landed_on": NODE,
+            "how": "relayed",
+            "reason": "the session already talks Socket.IO here",
+        }
         await ws.close(task)
 
 

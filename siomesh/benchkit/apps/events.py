@@ -1,6 +1,8 @@
 """The events both bench apps answer, so that every setup serves the same workload.
 
 * ``echo`` (acks its argument back), ``whoami`` (acks the node URL);
+* ``connects``: acks how many times this node's ``connect`` handler ran (a session's handler
+  must run exactly once in the cluster: the takeover tests sum it over the nodes);
 * ``join`` ``room`` (acks ``True`` once the sender is in it);
 * ``broadcast`` ``{"room", "tag", "count", "interval"}``: ``count`` emits of ``b``
   ``[tag, i, t]`` to ``room`` (``t``: ``time.monotonic()`` at the emit, which client processes
@@ -23,6 +25,15 @@ MAX_BROADCASTS = 100_000
 def register(sio: Any, node: str) -> None:
     """Add the bench events to the python-socketio ``AsyncServer`` ``sio``."""
 
+    connects = 0
+
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        nonlocal connects
+        connects += 1
+
+    async def connects_(sid: str) -> int:
+        return connects
+
     async def echo(sid: str, data: Any) -> Any:
         return data
 
@@ -43,5 +54,6 @@ def register(sio: Any, node: str) -> None:
                 await asyncio.sleep(interval)
         return count
 
-    for handler in (echo, whoami, join, broadcast):
+    for handler in (connect, echo, whoami, join, broadcast):
         sio.on(handler.__name__, handler)
+    sio.on("connects", connects_)

@@ -75,6 +75,7 @@
     engine.on("upgrade", function (transport) {
       setTransport(transport.name);
       system("upgraded to " + transport.name);
+      refreshJourney();
     });
   });
 
@@ -91,7 +92,58 @@
       demo.owner = node;
       refreshOwner();
     });
+    refreshJourney();
   });
+
+  // -- the session's path: handshake, forwarded polls, WebSocket (taken over or relayed) --------
+  function line(parts) {
+    var li = document.createElement("li");
+    parts.forEach(function (p) {
+      li.appendChild(typeof p === "string" ? document.createTextNode(p) : p);
+    });
+    return li;
+  }
+  function drawJourney(j) {
+    demo.journey = j;
+    var list = $("journey");
+    list.textContent = "";
+    if (!j) { list.appendChild(line(["\u2013"])); return; }
+    var h = j.handshake;
+    list.appendChild(h.landed_on === h.served_by
+      ? line(["handshake served by ", workerTag(h.served_by)])
+      : line(["handshake landed on ", workerTag(h.landed_on), ", served by ",
+              workerTag(h.served_by)]));
+    var fwd = Object.keys(j.forwarded_by || {});
+    if (fwd.length) {
+      fwd.forEach(function (peer) {
+        list.appendChild(line([String(j.forwarded_by[peer]) + " poll(s) forwarded by ",
+                               workerTag(peer), " to ", workerTag(j.owner)]));
+      });
+    } else {
+      list.appendChild(line(["no request forwarded so far (your browser reuses one " +
+                             "connection, which stays on one worker)"]));
+    }
+    var ws = j.websocket;
+    if (!ws) {
+      list.appendChild(line([j.transport === "polling" ? "no WebSocket: long-polling"
+                                                       : "WebSocket pending"]));
+    } else if (ws.how === "taken over") {
+      list.appendChild(line(["WebSocket landed on ", workerTag(ws.landed_on),
+                             ", which took the session over from ", workerTag(ws.from),
+                             ": nothing is relayed"]));
+    } else if (ws.how === "relayed") {
+      list.appendChild(line(["WebSocket landed on ", workerTag(ws.landed_on),
+                             ", relayed to ", workerTag(j.owner),
+                             " (" + (ws.reason || "no reason given") + ")"]));
+    } else {
+      list.appendChild(line(["WebSocket landed on the owner, ", workerTag(ws.landed_on)]));
+    }
+  }
+  function refreshJourney() {
+    if (!socket.connected) return;
+    socket.emit("journey", drawJourney);
+  }
+  setInterval(refreshJourney, 3000);
   socket.on("disconnect", function (reason) {
     demo.connected = false;
     setStatus("disconnected (" + reason + ")", false);
