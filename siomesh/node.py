@@ -197,6 +197,7 @@ class MeshNode:
             is_member=lambda url: self.cluster.is_live_member(url),
             stats=self.stats,
             pointer_ttl=max(30.0, 2 * poll_timeout),
+            on_moved=self._session_moved,
         )
         self._relays: dict[str, tuple[str, str]] = {}
         self._forwarded_by: dict[str, dict[str, int]] = {}
@@ -399,6 +400,10 @@ class MeshNode:
         if self.config.served_by_header:
             send = tagging_send(send, b"x-siomesh-served-by", self.config.node_url)
         await self.app(scope, receive, send)
+
+    def _session_moved(self, sid: str, linger: float) -> None:
+        if self.gossip is not None:
+            self.gossip.sid_moved(sid, linger)
 
     def _note_forwarded(self, sid: str, peer: str) -> None:
         counts = self._forwarded_by.get(sid)

@@ -24,7 +24,9 @@ ends up owning the session, and no app state is left behind on *A*.
    the session can be received in between): *A* takes the held packets and whatever is queued
    for the client, wakes a pending long-poll with a NOOP (the client polls again and reaches
    *B*), removes the session without a CLOSE, keeps a forward pointer ``sid -> B`` and answers
-   with the session: sid, the handshake's ASGI scope, the held and queued packets.
+   with the session: sid, the handshake's ASGI scope, the held and queued packets. Its
+   directory entry stays, marked moved, while the pointer lives: a peer that has not learned
+   the new owner's entry yet routes to *A* (which forwards), never to a tombstone.
 4. **Install (B).** *B* rebuilds the handshake environ from the scope (the same
    ``translate_request`` python-engineio used on *A*), creates the Engine.IO socket under the
    same sid, lets python-socketio store the environ, queues the packets for the client,
@@ -135,6 +137,7 @@ class Takeover:
         is_member: Callable[[str], bool],
         stats: dict[str, int],
         pointer_ttl: float,
+        on_moved: Callable[[str, float], None] | None = None,
     ) -> None:
         self.config = config
         self.enabled = config.enabled and sio is not None
@@ -143,6 +146,8 @@ class Takeover:
         self._links = links
         self._is_member = is_member
         self._pointer_ttl = pointer_ttl
+        #: told before a handed-off session is removed (the gossiped directory marks it moved)
+        self._on_moved = on_moved
         self.stats = stats
         for key in ("takeovers", "takeover_fallbacks", "sessions_handed_off", "takeover_lost"):
             stats.setdefault(key, 0)
@@ -267,6 +272,8 @@ class Takeover:
         # Wake a pending long-poll: the client polls again and reaches the new owner.
         socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
         socket.closing = socket.closed = True  # stops its ping task; no CLOSE is sent
+        if self._on_moved is not None:
+            self._on_moved(sid, self._pointer_ttl)
         self._eio.sockets.pop(sid, None)
         self._sio.environ.pop(sid, None)
         self._add_pointer(sid, to)

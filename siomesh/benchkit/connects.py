@@ -78,13 +78,15 @@ def _totals(urls: list[str]) -> dict[str, int]:
     return totals
 
 
-async def _connect_handlers(urls: list[str]) -> int:
+async def _connect_handlers(urls: list[str], probes: int) -> int:
+    """Connect handler runs summed over the nodes, minus this probe's and the ``probes - 1``
+    earlier probes' own connects."""
     total = 0
     for url in urls:
         client = socketio.AsyncClient(reconnection=False)
         await asyncio.wait_for(client.connect(url, transports=["polling"]), 15)
         try:
-            total += int(await client.call("connects", timeout=10)) - 1  # minus this one
+            total += int(await client.call("connects", timeout=10)) - probes
         finally:
             await close_client(client)
     return total
@@ -202,9 +204,11 @@ def run_connects(p: ConnectsParams, out: Path) -> int:
         try:
             lb = balancers.start_balancer("nginx", mesh.addresses, work / "mesh-lb")
             try:
+                probes = 0
                 for kind in ("python", "npm"):
                     report = StormReport(client=kind, clients=p.clients)
-                    before_handlers = asyncio.run(_connect_handlers(mesh.urls))
+                    probes += 1
+                    before_handlers = asyncio.run(_connect_handlers(mesh.urls, probes))
                     before = _totals(mesh.urls)
                     began = time.monotonic()
                     if kind == "python":
@@ -219,8 +223,9 @@ def run_connects(p: ConnectsParams, out: Path) -> int:
                     report.takeover_fallbacks = (
                         now["takeover_fallbacks"] - before["takeover_fallbacks"]
                     )
+                    probes += 1
                     report.connect_handlers = (
-                        asyncio.run(_connect_handlers(mesh.urls)) - before_handlers
+                        asyncio.run(_connect_handlers(mesh.urls, probes)) - before_handlers
                     )
                     storms.append(report)
                     _progress(

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from siomesh.protocol.messages import DigestItem, Entry, OriginDelta, json_str_len
 
 __all__ = [
+    "MOVED",
     "Digest",
     "Directory",
     "engineio_key",
@@ -50,6 +51,10 @@ __all__ = [
 
 # origin -> (generation, max_version, gc_floor)
 Digest = dict[str, tuple[int, int, int]]
+
+#: Value of an Engine.IO entry whose origin handed the session to another member (upgrade
+#: takeover) and still forwards to it; deleted once the new owner's entry had time to spread.
+MOVED = "m"
 
 _LOG_KEEP = 4096  # recent writes kept per origin for cheap deltas
 _DELTA_OVERHEAD = 80  # bytes of an OriginDelta's envelope around its entries (3 ints + flags)
@@ -401,12 +406,20 @@ class Directory:
         return "" if isinstance(v, int) else v[0]
 
     def owner_of_engineio_sid(self, sid: str) -> str | None:
-        """The origin holding Engine.IO session ``sid`` live. O(origins)."""
+        """The origin holding Engine.IO session ``sid`` live. O(origins). An entry whose value
+        is :data:`MOVED` (its origin handed the session to another member and forwards to it
+        for a while) loses to any other origin's live entry."""
         key = engineio_key(sid)
+        moved: str | None = None
         for o, s in self._origins.items():
-            if key in s.live:
-                return o
-        return None
+            v = s.live.get(key)
+            if v is None:
+                continue
+            if isinstance(v, tuple) and v[0] == MOVED:
+                moved = o
+                continue
+            return o
+        return moved
 
     def is_tombstoned(self, key: str) -> bool:
         """True when some origin deleted ``key`` (and the tombstone is not yet collected)."""

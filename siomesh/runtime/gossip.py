@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..cluster import MemberRef
 from ..links.frames import FrameType
 from ..links.link import Link
-from ..protocol.directory import engineio_key, room_key, socketio_key
+from ..protocol.directory import MOVED, engineio_key, room_key, socketio_key
 from ..protocol.membership import GossipConfig, Member
 from ..protocol.messages import DecodeError, State, decode, encode
 from ..protocol.node import Node, Outbound
@@ -227,6 +227,7 @@ class GossipRuntime:
         )
         self._task: asyncio.Task[None] | None = None
         self._dns_task: asyncio.Task[None] | None = None
+        self._moved: set[str] = set()
         self._stopping = False
         self._left = False
         stats = mesh.stats
@@ -249,7 +250,24 @@ class GossipRuntime:
         self.node.add_local(engineio_key(sid))
 
     def sid_removed(self, sid: str) -> None:
+        if sid in self._moved:
+            return  # marked moved: deleted later by sid_moved's timer
         self.node.remove_local(engineio_key(sid))
+
+    def sid_moved(self, sid: str, linger: float) -> None:
+        """Session ``sid`` was handed to another member (upgrade takeover): keep its entry,
+        marked :data:`~siomesh.protocol.directory.MOVED`, for ``linger`` seconds (peers that
+        learn the new owner's entry route there; the others still reach this node, which
+        forwards), then delete it. Call before removing the sid from the sockets dict."""
+        key = engineio_key(sid)
+        self.node.add_local(key, MOVED)
+        self._moved.add(sid)
+
+        def forget() -> None:
+            self._moved.discard(sid)
+            self.node.remove_local(key)
+
+        asyncio.get_running_loop().call_later(linger, forget)
 
     def _room_key(self, namespace: str, room: Any, sid: str) -> str | None:
         if ":" in namespace:

@@ -128,7 +128,7 @@ def test_bench_latency_quick(tmp_path: Path) -> None:
 def test_bench_help_lists_scenarios(tmp_path: Path) -> None:
     proc = _run_bench(["--help"], timeout=60, cwd=tmp_path)
     assert proc.returncode == 0
-    assert "--scenario {roundtrip,scale,latency}" in proc.stdout
+    assert "--scenario {roundtrip,scale,latency,connects}" in proc.stdout
 
 
 def test_bench_finishes_without_matplotlib(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ command (``siomesh bench --scenario connects``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import httpx
 import pytest
 import socketio
 
+from siomesh.benchkit.load import close_client
 from tests.conftest import require_binary
 from tests.e2e import NODE_DIR, node_client
 from tests.harness.balancers import Balancer, start_balancer
@@ -35,21 +35,24 @@ class Cluster:
     def __init__(self, urls: list[str], lb: Balancer) -> None:
         self.urls = urls
         self.lb = lb
+        self.probes = 0  # connects() calls so far: each one connected once to every node
 
     def statuses(self) -> list[dict[str, Any]]:
         return [httpx.get(u + "/_siomesh/status", timeout=5).json() for u in self.urls]
 
     async def connects(self) -> int:
         """How many times the app's connect handler ran, summed over the nodes (asked by a
-        direct polling client per node, whose own connect is subtracted)."""
+        direct polling client per node; this call's and earlier calls' own connects are
+        subtracted)."""
+        self.probes += 1
         total = 0
         for url in self.urls:
             client = socketio.AsyncClient(reconnection=False)
             await asyncio.wait_for(client.connect(url, transports=["polling"]), 10)
             try:
-                total += int(await client.call("connects", timeout=10)) - 1
+                total += int(await client.call("connects", timeout=10)) - self.probes
             finally:
-                await client.disconnect()
+                await close_client(client)
         return total
 
 
@@ -113,9 +116,7 @@ async def test_python_clients_are_served_where_their_websocket_lands(cluster: Cl
         # round-robin puts about 2 upgrades in 3 on another node than the handshake's
         assert PYTHON_CLIENTS // 4 <= moved <= PYTHON_CLIENTS, now
     finally:
-        for c in clients:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(c.disconnect(), 5)
+        await asyncio.gather(*(close_client(c) for c in clients))
     # each session's connect handler ran exactly once, somewhere
     assert await cluster.connects() - before_connects == PYTHON_CLIENTS
 

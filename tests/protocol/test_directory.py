@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from siomesh.protocol.directory import (
+    MOVED,
     Directory,
     delta_wire_size,
     engineio_key,
@@ -113,6 +114,26 @@ def test_every_sid_has_one_owner(creates: list[tuple[str, str]]) -> None:
     for sid, o in owner.items():
         assert r.owner_of_engineio_sid(sid) == o
         assert sum(r.get(x, engineio_key(sid)) is not None for x in "ABC") == 1
+
+
+def test_a_moved_entry_loses_to_the_new_owners_entry() -> None:
+    """Upgrade takeover: the old owner keeps its entry marked MOVED while the new owner adds
+    its own; whatever the order peers learn them in, the new owner wins, and the old owner is
+    still named while it is the only one known (it forwards)."""
+    a, b = Directory("A", 1), Directory("B", 1)
+    a.set(engineio_key("s"))
+    a.set(engineio_key("s"), MOVED)
+    b.set(engineio_key("s"))
+    r = Directory("R", 1)
+    r.apply(a.delta({}, BIG), 0.0)
+    assert r.owner_of_engineio_sid("s") == "A"
+    r.apply(b.delta({}, BIG), 0.0)
+    assert r.owner_of_engineio_sid("s") == "B"
+    # learned the other way round, too
+    r2 = Directory("R2", 1)
+    r2.apply(b.delta({}, BIG), 0.0)
+    r2.apply(a.delta({}, BIG), 0.0)
+    assert r2.owner_of_engineio_sid("s") == "B"
 
 
 def test_tombstone_gc_forces_reset_of_lagging_peer() -> None:
