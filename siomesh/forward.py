@@ -71,6 +71,9 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Scope key set on a request the owner received over a link: the forwarding member's URL.
 FORWARDED_BY = "siomesh.forwarded_by"
+#: Key of the ``http.disconnect`` message of a forwarded request whose forwarder released it
+#: (it drains) but still reads the answer.
+RELEASED_KEY = "siomesh.released"
 #: Scope key set on a relayed WebSocket: why the member it landed on relays it.
 RELAY_REASON_KEY = "siomesh.relay_reason"
 #: The header that carries it over the link (the owner removes it; clients cannot send
@@ -325,6 +328,10 @@ class Forwarder:
             return answer.result()
         if released.done() and not released.cancelled():
             return _RELEASED
+        if left.done() and not left.cancelled() and left.result().get(RELEASED_KEY):
+            # this request was itself forwarded to us, and its forwarder released it (it
+            # drains): release it here too, and relay the owner's answer back
+            return _RELEASED
         return None
 
     async def forward_websocket(
@@ -458,6 +465,9 @@ class ForwardedServer:
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
             await stream.ended.wait()  # the forwarder cancelled, or the link closed
+            if stream.released:
+                # the forwarder still reads the answer: a re-forward must relay one
+                return {"type": "http.disconnect", RELEASED_KEY: True}
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
