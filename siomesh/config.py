@@ -1,8 +1,8 @@
 """MeshConfig: every option of a siomesh node, validated once, readable from the environment.
 
-One tree: :class:`MeshConfig` holds the node's own options and four sections, ``links``
+One tree: :class:`MeshConfig` holds the node's own options and five sections, ``links``
 (:class:`LinksConfig`), ``adapter`` (:class:`AdapterConfig`), ``takeover``
-(:class:`TakeoverConfig`) and ``gossip``
+(:class:`TakeoverConfig`), ``recovery`` (:class:`RecoveryConfig`) and ``gossip``
 (:class:`~siomesh.protocol.membership.GossipConfig`, from a named preset). Every field has an
 environment variable: ``SIOMESH_<FIELD>`` for the node's own, ``SIOMESH_<SECTION>_<FIELD>`` for a
 section's (``SIOMESH_LINKS_HEARTBEAT``, ``SIOMESH_ADAPTER_MAX_QUEUE``,
@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "LinksConfig",
     "MeshConfig",
+    "RecoveryConfig",
     "TakeoverConfig",
     "normalize_url",
 ]
@@ -214,10 +215,34 @@ class TakeoverConfig:
             raise ConfigError("takeover.timeout must be > 0")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecoveryConfig:
+    """Connection state recovery (:mod:`siomesh.recovery`). Environment:
+    ``SIOMESH_RECOVERY_<FIELD>``. Off by default, as in Node: it appends an offset to every
+    event a client receives, and keeps state for clients that went away."""
+
+    #: Serve Socket.IO 4.6's connection state recovery (``socket.recovered`` in the JS client).
+    enabled: bool = False
+    #: How long a session that lost its transport is kept, with the events sent to it since.
+    max_disconnection: float = 120.0
+    #: Most sessions kept at once per node (the oldest is dropped first).
+    max_sessions: int = 10_000
+    #: Most events logged per node (the oldest is dropped first; a client whose offset is no
+    #: longer logged connects as a new session).
+    max_log: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_disconnection <= 24 * 3600:
+            raise ConfigError("recovery.max_disconnection must be between 0 and 86400 seconds")
+        if self.max_sessions < 1 or self.max_log < 1:
+            raise ConfigError("recovery.max_sessions and recovery.max_log must be >= 1")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "links": LinksConfig,
     "adapter": AdapterConfig,
     "takeover": TakeoverConfig,
+    "recovery": RecoveryConfig,
 }
 #: Options of 0.1 that moved into a section: (section, field).
 _MOVED = {
@@ -309,6 +334,8 @@ class MeshConfig:
     adapter: AdapterConfig = dataclasses.field(default_factory=lambda: AdapterConfig())
     #: Upgrade takeover (``SIOMESH_TAKEOVER_<FIELD>``): see :class:`TakeoverConfig`.
     takeover: TakeoverConfig = dataclasses.field(default_factory=lambda: TakeoverConfig())
+    #: Connection state recovery (``SIOMESH_RECOVERY_<FIELD>``): see :class:`RecoveryConfig`.
+    recovery: RecoveryConfig = dataclasses.field(default_factory=lambda: RecoveryConfig())
     #: Gossip (``SIOMESH_GOSSIP_PRESET`` = lan, wan or local, then ``SIOMESH_GOSSIP_<FIELD>``
     #: for any :class:`~siomesh.protocol.membership.GossipConfig` field).
     gossip: GossipConfig = dataclasses.field(default_factory=GossipConfig.lan)

@@ -52,11 +52,12 @@ from .links.link import Link, Stream
 from .links.pool import LinkPool
 from .metrics import MeshCollector
 from .orphans import guard_poll
+from .recovery import ADOPT_CALL, FETCH_CALL, Recovery
 from .runtime.gossip import GossipRuntime, TrackedSockets
 from .seams import Hook
 from .selfcheck import self_checks
 from .sessions import drop_session, is_quiet, track_calls
-from .sid import SidKeys, generation_tag, make_sid, node_tag
+from .sid import SidKeys, generation_tag, make_sid, node_tag, parse_sid
 from .takeover import TAKEOVER_CALL, Takeover
 
 __all__ = ["NODE_DRAIN_CALL", "MeshNode", "respond", "sid_of", "tagging_send"]
@@ -220,6 +221,20 @@ class MeshNode:
         tracked = TrackedSockets(eio.sockets, added, removed)
         eio.sockets = tracked
         self.local_sids = tracked
+        #: connection state recovery (siomesh.recovery); off unless ``recovery.enabled``
+        self.recovery = Recovery(
+            self.config.recovery,
+            sio=self.engine.sio,
+            node_url=self.config.node_url,
+            node_tag=self.node_tag,
+            links=self.links,
+            make_pid=self.make_sid,
+            owner_of=self._owner_of_tag,
+            live_peers=lambda: self.cluster.live_peers(),
+            leaving_peers=self._leaving_peers,
+            stats=self.stats,
+            call_timeout=self.config.request_timeout,
+        )
         self.adapter: MeshManager | None = install_adapter(self) if adapter else None
         # Calls: the node's own operations (``siomesh drain``), the rest to the adapter.
         self._adapter_calls = self.links.dispatcher.handlers.get(FrameType.CALL)
@@ -313,6 +328,9 @@ class MeshNode:
         )
         dropped = sum(results)
         self.stats["drained_sessions"] = self.stats.get("drained_sessions", 0) + dropped
+        # their clients reconnect elsewhere now: hand the sessions kept for recovery to a
+        # peer at once (this node answers for them meanwhile, and points to that peer after)
+        await self.recovery.hand_off()
         log.warning(
             "siomesh node %s drained: %d sessions handed over; forwarding to peers for %.1f s "
             "more, then stopping",
@@ -322,10 +340,42 @@ class MeshNode:
         )
         # Keep listening until the bound: balancers see the 503 and stop sending, clients that
         # reconnect through this node are forwarded to peers, and nothing is refused meanwhile.
+        # Clients that reconnect elsewhere meanwhile recover their sessions from here.
         if linger:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
+            # sessions that reached this node meanwhile (a handshake it served just before
+            # draining, a session restored here) go now, while their state can be handed over
+            late = [sid for sid in list(self.local_sids) if sid in self.local_sids]
+            if late:
+                await asyncio.gather(*(drop_session(self.engine.eio, sid) for sid in late))
+        handed = await self.recovery.hand_off()
+        if handed:
+            log.warning(
+                "siomesh node %s: %d sessions kept for recovery handed to a peer",
+                self.config.node_url,
+                handed,
+            )
+
+    def _leaving_peers(self) -> list[str]:
+        """Members that announced they leave (a draining node still answers for a while)."""
+        describe = getattr(self.cluster, "members_status", None)
+        if describe is None:
+            return []
+        return [m["url"] for m in describe() if m["state"] == "left" and not m.get("self")]
+
+    def _owner_of_tag(self, sid: str) -> str | None:
+        parts = parse_sid(self.keys, sid)
+        if parts is None:
+            return None
+        if parts.node_tag == self.node_tag:
+            return self.config.node_url
+        member = self.cluster.member_by_tag(parts.node_tag)
+        return member.url if member is not None else None
 
     async def _serve_call(self, link: Link, stream: Stream, payload: bytes) -> None:
+        if payload.startswith((FETCH_CALL, ADOPT_CALL)):
+            await self.recovery.serve_call(link, stream, payload)
+            return
         if payload.startswith(TAKEOVER_CALL):
             await self.takeover.serve_claim(link, stream, payload)
             return
@@ -556,6 +606,8 @@ class MeshNode:
         under ``stats`` and metrics export as ``siomesh_<name>``."""
         stats = dict(self.stats)
         stats["links_open"] = self.links.open_links()
+        if self.recovery.enabled:
+            stats.update(self.recovery.sizes())
         if self.gossip is not None:
             for key, value in self.gossip.node.membership_counts().items():
                 stats[f"gossip_{key}"] = value

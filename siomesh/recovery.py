@@ -1,0 +1,772 @@
+"""Connection state recovery on any node (Socket.IO 4.6's protocol, served by python-socketio).
+
+A client that loses its transport reconnects, through the balancer, to any node. With
+``recovery.enabled``, that node restores the session the client had: the same Socket.IO sid,
+its rooms and ``sio.session`` data, and every event emitted to it meanwhile, in order, exactly
+once. The JS client then reports ``socket.recovered === true``.
+
+The protocol, as socket.io-client 4.6+ speaks it:
+
+* the CONNECT answer carries a private session id: ``{"sid": ..., "pid": ...}``;
+* every event the server emits without an ack id carries an *offset*, a string appended as its
+  last argument (the client keeps the last one it received);
+* on reconnection the client's CONNECT carries ``{"pid": ..., "offset": ...}`` with its auth.
+
+How siomesh serves it without a broker:
+
+* **Offsets are cluster-wide.** The node where an emit starts names it (``<node tag>.<n>``);
+  the adapter carries the name to every peer, so all nodes append the same offset and can
+  compare logs by offset.
+* **Every node logs** the events it delivers (and, with the default ``room_routing="all"``,
+  every room and namespace event reaches every node), for ``max_disconnection`` seconds and at
+  most ``max_log`` events.
+* **A session that ends without a clean close** (transport error or close, ping timeout) is
+  kept by its owner: pid, sid, namespace, rooms, session data, for ``max_disconnection``
+  seconds (at most ``max_sessions``); the app's ``disconnect`` handler runs as usual.
+* **The node the client comes back to** asks the pid's owner (its tag says which; a drained
+  owner's adopter otherwise) for the session and the events after the client's offset, in the
+  owner's order. It restores the sid, the session data and the rooms, runs the app's
+  ``connect`` handler with ``environ["siomesh.recovered"] = True``, answers CONNECT with the
+  same pid, then sends the missed events, then the events it logged itself that the owner
+  never saw (sent to the room while the two were apart), then live traffic, skipping any
+  offset already sent. Nothing is lost or sent twice at the seams.
+* **On drain** a node hands its kept sessions and its log to a peer (``recovery.adopt``),
+  so clients of a restarted node recover too.
+* A recovery that cannot happen (unknown or expired pid, the offset no longer logged, the
+  holder gone) is an ordinary new connection, as in Node.
+
+One :class:`Recovery` per node; everything runs on the node's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+from .adapter.wire import WireError, pack, unpack
+from .config import RecoveryConfig
+from .links.frames import FrameType
+from .links.link import Link, LinkClosed, Stream
+from .links.pool import LinkPool, LinkUnavailable
+
+__all__ = ["ADOPT_CALL", "FETCH_CALL", "Recovery"]
+
+log = logging.getLogger("siomesh.recovery")
+
+FETCH_CALL = b'{"op":"recovery.fetch"'
+ADOPT_CALL = b'{"op":"recovery.adopt"'
+
+#: python-socketio disconnect reasons after which a session is kept for recovery
+RECOVERABLE = frozenset({"transport error", "transport close", "ping timeout"})
+
+#: how long after a restore live packets are checked against the offsets already sent
+DEDUPE_SECONDS = 5.0
+#: extra window (seconds) over which two nodes' logs are compared for events one never saw
+SKEW = 5.0
+#: how long a recovery that found its session nowhere waits for a drain's hand-off, once
+HANDOFF_WAIT = 0.3
+
+
+@dataclass
+class Entry:
+    """One logged event: what was emitted, to whom, and when (loop time)."""
+
+    offset: str
+    namespace: str
+    room: Any  # None (the namespace), a room, or a list of rooms
+    skip: tuple[Any, ...]
+    event: str
+    args: list[Any]  # the offset included, last
+    at: float
+    #: position in the log that holds it (set by Log.add)
+    seq: int = 0
+
+    def reaches(self, namespace: str, sid: str, rooms: frozenset[str]) -> bool:
+        if namespace != self.namespace or sid in self.skip:
+            return False
+        room = self.room
+        if room is None:
+            return True
+        if isinstance(room, (list, tuple)):
+            return any(r == sid or r in rooms for r in room)
+        return room == sid or room in rooms
+
+    def to_wire(self) -> list[Any]:
+        room = list(self.room) if isinstance(self.room, tuple) else self.room
+        return [self.offset, self.namespace, room, list(self.skip), self.event, pack(self.args)]
+
+    @classmethod
+    def from_wire(cls, raw: Any, at: float) -> Entry:
+        if not isinstance(raw, list) or len(raw) != 6:
+            raise WireError("malformed log entry")
+        offset, namespace, room, skip, event, args = raw
+        if not all(isinstance(x, str) for x in (offset, namespace, event)):
+            raise WireError("malformed log entry")
+        if not isinstance(skip, list) or not isinstance(args, list):
+            raise WireError("malformed log entry")
+        return cls(offset, namespace, room, tuple(skip), event, unpack(args), at)
+
+
+class Log:
+    """Events in delivery order, by offset; bounded in age and count."""
+
+    def __init__(self, max_entries: int, max_age: float) -> None:
+        self.entries: deque[Entry] = deque()
+        self.index: dict[str, Entry] = {}
+        self.max_entries = max_entries
+        self.max_age = max_age
+        self.bytes = 0  # an estimate: the JSON size of the logged arguments
+        self.last_seq = 0
+
+    def add(self, entry: Entry) -> None:
+        if entry.offset in self.index:
+            return
+        self.last_seq += 1
+        entry.seq = self.last_seq
+        self.entries.append(entry)
+        self.index[entry.offset] = entry
+        self.bytes += _size(entry)
+        self.trim(entry.at)
+
+    def trim(self, now: float) -> None:
+        entries = self.entries
+        while entries and (len(entries) > self.max_entries or now - entries[0].at > self.max_age):
+            old = entries.popleft()
+            self.index.pop(old.offset, None)
+            self.bytes -= _size(old)
+
+    def after(self, offset: str) -> list[Entry] | None:
+        """Entries logged after ``offset``, in order; None when ``offset`` is not logged."""
+        if offset not in self.index:
+            return None
+        out: list[Entry] = []
+        found = False
+        for entry in self.entries:
+            if found:
+                out.append(entry)
+            elif entry.offset == offset:
+                found = True
+        return out
+
+    def since(self, t: float) -> Iterable[Entry]:
+        return (e for e in self.entries if e.at >= t)
+
+
+def _size(entry: Entry) -> int:
+    try:
+        return len(json.dumps(pack(entry.args))) + 64
+    except (TypeError, ValueError, WireError):
+        return 256
+
+
+@dataclass
+class Kept:
+    """A session kept for recovery."""
+
+    pid: str
+    sid: str
+    namespace: str
+    rooms: list[str]
+    data: Any
+    until: float
+    #: what its client was sent, in the order it was sent: this node's own log, or (a
+    #: restored, fetched or adopted session) a log of its own...
+    log: Log
+    #: ...continued by this node's own log after that position (a restored session: what
+    #: was delivered live after the restore)...
+    tail_seq: int | None = None
+    #: ...or by what this node logged since that time and the log lacks (adopted or fetched:
+    #: sent while the two nodes were apart)
+    tail_time: float | None = None
+
+
+class Recovery:
+    """See the module docstring. ``sio`` is the node's python-socketio server; ``node_tag``
+    names offsets; ``make_pid`` makes self-routing private ids; ``owner_of(pid)`` names the
+    member that minted a pid; ``live_peers()`` lists the other live members and
+    ``leaving_peers()`` those that announced they leave (a draining node still answers)."""
+
+    def __init__(
+        self,
+        config: RecoveryConfig,
+        *,
+        sio: Any,
+        node_url: str,
+        node_tag: str,
+        links: LinkPool,
+        make_pid: Callable[[], str],
+        owner_of: Callable[[str], str | None],
+        live_peers: Callable[[], list[str]],
+        leaving_peers: Callable[[], list[str]],
+        stats: dict[str, int],
+        call_timeout: float,
+    ) -> None:
+        self.config = config
+        self.enabled = config.enabled and sio is not None
+        self._sio = sio
+        self._url = node_url
+        self._tag = node_tag
+        self._links = links
+        self._make_pid = make_pid
+        self._owner_of = owner_of
+        self._live_peers = live_peers
+        self._leaving_peers = leaving_peers
+        self._timeout = call_timeout
+        self.stats = stats
+        for key in (
+            "recovery_kept",
+            "recovered",
+            "recovery_misses",
+            "recovery_replayed",
+            "recovery_expired",
+            "recovery_handed_off",
+        ):
+            stats.setdefault(key, 0)
+        self._counter = itertools.count(1)
+        self.log = Log(config.max_log, config.max_disconnection + SKEW)
+        #: pid per connected Socket.IO sid (namespace-qualified)
+        self.pids: dict[tuple[str, str], str] = {}
+        #: sessions kept for recovery, oldest first
+        self.kept: OrderedDict[str, Kept] = OrderedDict()
+        #: pids handed to another member on drain: pid -> that member
+        self.adopters: dict[str, str] = {}
+        #: restored sessions connected here: what the restore sent (a log of its own, the
+        #: offsets the client had seen first) and this node's log position at the restore
+        self.restored: dict[tuple[str, str], tuple[Log, int]] = {}
+        self._loop_time: Callable[[], float] = lambda: asyncio.get_running_loop().time()
+        if self.enabled:
+            self._install()
+
+    # -- offsets and the log -------------------------------------------------------------------
+
+    def new_offset(self) -> str:
+        return f"{self._tag}.{next(self._counter):x}"
+
+    def note_emit(
+        self, offset: str, event: str, args: list[Any], namespace: str, room: Any, skip: Any
+    ) -> None:
+        """Log one event delivered by this node (called by the adapter, for local and remote
+        emits alike). ``args`` ends with ``offset``."""
+        skips = _as_tuple(skip)
+        if isinstance(room, list):
+            room = tuple(room)
+        self.log.add(Entry(offset, namespace, room, skips, event, args, self._loop_time()))
+
+    # -- python-socketio hooks -----------------------------------------------------------------
+
+    def _install(self) -> None:
+        sio = self._sio
+        send_packet = sio._send_packet
+        handle_connect = sio._handle_connect
+        handle_disconnect = sio._handle_disconnect
+
+        async def _send_packet(eio_sid: str, pkt: Any) -> None:
+            if (
+                pkt.packet_type == sio_packet.CONNECT
+                and isinstance(pkt.data, dict)
+                and "sid" in pkt.data
+            ):
+                key = (pkt.namespace or "/", pkt.data["sid"])
+                pid = self.pids.get(key)
+                if pid is None:
+                    pid = self.pids[key] = self._make_pid()
+                pkt.data = {**pkt.data, "pid": pid}
+            await send_packet(eio_sid, pkt)
+
+        async def _handle_connect(eio_sid: str, namespace: str, data: Any) -> None:
+            namespace = namespace or "/"
+            if (
+                isinstance(data, dict)
+                and isinstance(data.get("pid"), str)
+                and isinstance(data.get("offset"), str)
+            ):
+                await self._recover(handle_connect, eio_sid, namespace, data)
+                return
+            await handle_connect(eio_sid, namespace, data)
+
+        async def _handle_disconnect(eio_sid: str, namespace: str, reason: Any = None) -> None:
+            namespace = namespace or "/"
+            with contextlib.suppress(Exception):
+                self._keep(eio_sid, namespace, reason)
+            await handle_disconnect(eio_sid, namespace, reason)
+
+        sio._send_packet = _send_packet
+        sio._handle_connect = _handle_connect
+        sio._handle_disconnect = _handle_disconnect
+
+    def _keep(self, eio_sid: str, namespace: str, reason: Any) -> None:
+        sio = self._sio
+        manager = sio.manager
+        sid = manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None:
+            return
+        pid = self.pids.pop((namespace, sid), None)
+        restored = self.restored.pop((namespace, sid), None)
+        if pid is None or not manager.is_connected(sid, namespace):
+            return
+        socket = sio.eio.sockets.get(eio_sid)
+        if str(reason) not in RECOVERABLE or getattr(socket, "siomesh_unrecoverable", False):
+            return
+        rooms = [r for r in manager.get_rooms(sid, namespace) if r != sid and isinstance(r, str)]
+        data = socket.session.get(namespace) if socket is not None else None
+        now = self._loop_time()
+        self._prune(now)
+        while len(self.kept) >= self.config.max_sessions:
+            self.kept.popitem(last=False)
+            self.stats["recovery_expired"] += 1
+        until = now + self.config.max_disconnection
+        if restored is None:
+            self.kept[pid] = Kept(pid, sid, namespace, rooms, data, until, self.log)
+        else:
+            prefix, seq = restored
+            self.kept[pid] = Kept(pid, sid, namespace, rooms, data, until, prefix, tail_seq=seq)
+        self.stats["recovery_kept"] += 1
+
+    def _prune(self, now: float) -> None:
+        while self.kept:
+            pid, kept = next(iter(self.kept.items()))
+            if kept.until > now:
+                break
+            del self.kept[pid]
+            self.stats["recovery_expired"] += 1
+        self.log.trim(now)
+
+    # -- restoring -----------------------------------------------------------------------------
+
+    async def _recover(
+        self, handle_connect: Any, eio_sid: str, namespace: str, data: dict[str, Any]
+    ) -> None:
+        sio = self._sio
+        socket = sio.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        # Live packets for this client wait until the missed ones are queued (see _restore).
+        gate = _Gate(socket)
+        asked = self._loop_time()
+        try:
+            state = await self._fetch(str(data["pid"]), str(data["offset"]))
+        except Exception as exc:  # a holder's bad answer: an ordinary connection
+            log.warning("siomesh: recovery of %s failed: %r", data.get("pid"), exc)
+            state = None
+        if eio_sid not in sio.environ or socket.closed:
+            # the client left while its session was fetched: keep what was fetched for its
+            # next attempt
+            gate.open([])
+            if state is not None:
+                self._keep_fetched(str(data["pid"]), str(data["offset"]), state)
+            return
+        if state is None or state["namespace"] != namespace:
+            self.stats["recovery_misses"] += 1
+            gate.open([])
+            await handle_connect(eio_sid, namespace, data)
+            return
+        sid = str(state["sid"])
+        socket.session[namespace] = state.get("data") or {}
+        environ = sio.environ.get(eio_sid)
+        if isinstance(environ, dict):
+            environ["siomesh.recovered"] = True
+        self.pids[(namespace, sid)] = str(data["pid"])
+        eio = sio.eio
+        generate = eio.generate_id
+        eio.generate_id = _once(sid, generate)  # python-socketio takes the sid from here
+        try:
+            await handle_connect(eio_sid, namespace, data)
+        finally:
+            eio.generate_id = generate
+        manager = sio.manager
+        if not manager.is_connected(sid, namespace):
+            gate.open([])  # the app refused the connection
+            self.pids.pop((namespace, sid), None)
+            return
+        # From here to gate.open: no await, so nothing can slip between.
+        rooms = [r for r in state["rooms"] if isinstance(r, str)]
+        for room in rooms:
+            manager.basic_enter_room(sid, namespace, room)
+        missed: list[Entry] = list(state["missed"])
+        seen = set(state["known"]) | {e.offset for e in missed}
+        room_set = frozenset(rooms)
+        # events this node logged that the holder's log lacks (sent while the two were apart)
+        extras = [
+            e
+            for e in self.log.since(asked - SKEW)
+            if e.offset not in seen and e.reaches(namespace, sid, room_set)
+        ]
+        packets: list[Any] = []
+        for entry in [*missed, *extras]:
+            encoded = sio.packet_class(
+                sio_packet.EVENT, namespace=namespace, data=[entry.event, *entry.args]
+            ).encode()
+            for p in encoded if isinstance(encoded, list) else [encoded]:
+                packets.append(eio_packet.Packet(eio_packet.MESSAGE, p))
+        sent = seen | {e.offset for e in extras}
+        self.restored[(namespace, sid)] = (
+            self._prefix(str(data["offset"]), state["known"], [*missed, *extras]),
+            self.log.last_seq,
+        )
+        gate.open(packets, sent)
+        self.stats["recovered"] += 1
+        self.stats["recovery_replayed"] += len(missed) + len(extras)
+
+    def _keep_fetched(self, pid: str, offset: str, state: dict[str, Any]) -> None:
+        """Keep a fetched session whose client left before it could be restored: its next
+        attempt (from the same ``offset``) gets the same events, and nothing it saw."""
+        now = self._loop_time()
+        self.kept[pid] = Kept(
+            pid, str(state["sid"]), str(state["namespace"]), list(state["rooms"]),
+            state.get("data"), now + self.config.max_disconnection,
+            self._prefix(offset, state["known"], state["missed"]), tail_time=now - SKEW,
+        )  # fmt: skip
+
+    def _prefix(self, offset: str, known: Iterable[str], sent: list[Entry]) -> Log:
+        """A session's own log: placeholders (reaching nobody) for the offsets its client had
+        seen, ending with ``offset``, then the events ``sent`` to it, in order."""
+        now = self._loop_time()
+        log = Log(self.config.max_log + len(sent) + 1, self.config.max_disconnection + SKEW)
+        pending = {e.offset for e in sent}
+        for seen in [*known, offset]:
+            if seen not in pending:
+                log.add(Entry(seen, "\x00", None, (), "", [], now))
+        for entry in sent:
+            log.add(Entry(*_fields(entry), at=now))
+        return log
+
+    async def _fetch(self, pid: str, offset: str) -> dict[str, Any] | None:
+        """The kept session ``pid`` and what its client missed after ``offset``, from
+        wherever it is kept; None when nobody can restore it."""
+        local = self.take(pid, offset)
+        if isinstance(local, dict):
+            return local
+        owner = self._owner_of(pid)
+        asked: set[str] = {self._url}
+        if isinstance(local, str):
+            owner = local  # handed to that member on drain
+        if owner is not None and owner not in asked:
+            asked.add(owner)
+            answer = await self._ask(owner, pid, offset)
+            if isinstance(answer, dict):
+                return answer
+            if isinstance(answer, str) and answer not in asked:
+                asked.add(answer)
+                moved = await self._ask(answer, pid, offset)
+                if isinstance(moved, dict):
+                    return moved
+        # Anyone else: a node that is draining right now (no longer a live member, still
+        # serving) or the peer it is handing its sessions to. A hand-off in flight is waited
+        # for once.
+        for attempt in range(2):
+            candidates = [*self._live_peers(), *self._leaving_peers()]
+            others = [p for p in candidates if p not in asked]
+            if attempt:
+                await asyncio.sleep(HANDOFF_WAIT)
+                candidates = [*self._live_peers(), *self._leaving_peers()]
+                others = [p for p in candidates if p != self._url]
+                local = self.take(pid, offset)
+                if isinstance(local, dict):
+                    return local
+            answers = await asyncio.gather(*(self._ask(p, pid, offset) for p in others))
+            for answer in answers:
+                if isinstance(answer, dict):
+                    return answer
+            for answer in answers:
+                if isinstance(answer, str) and answer not in asked:
+                    asked.add(answer)
+                    moved = await self._ask(answer, pid, offset)
+                    if isinstance(moved, dict):
+                        return moved
+        return None
+
+    async def _ask(self, peer: str, pid: str, offset: str) -> dict[str, Any] | str | None:
+        """Ask ``peer`` for ``pid``: the state, the member it was handed to, or None."""
+        try:
+            link = await self._links.get(peer, "control")
+            stream = link.open_stream()
+            try:
+                body = FETCH_CALL + b"," + json.dumps({"pid": pid, "offset": offset}).encode()[1:]
+                if not stream.send(FrameType.CALL, body):
+                    return None
+                kind, payload = await stream.next(self._timeout)
+            finally:
+                stream.close()
+        except (LinkUnavailable, LinkClosed, asyncio.TimeoutError):
+            return None
+        if kind is not FrameType.REPLY or not payload or payload[0] != 0:
+            return None
+        answer = json.loads(payload[1:])
+        if not isinstance(answer, dict):
+            return None
+        if "adopter" in answer:
+            return str(answer["adopter"])
+        if "state" not in answer:
+            return None
+        raw = answer["state"]
+        now = self._loop_time()
+        raw["missed"] = [Entry.from_wire(e, now) for e in raw["missed"]]
+        return dict(raw)
+
+    def take(self, pid: str, offset: str) -> dict[str, Any] | str | None:
+        """Remove kept session ``pid`` and return its state with the events missed after
+        ``offset`` (:class:`Entry` objects); the member it was handed to; or None."""
+        now = self._loop_time()
+        self._prune(now)
+        kept = self.kept.get(pid)
+        if kept is None:
+            return self.adopters.get(pid)
+        entries = self._entries_of(kept)
+        position = next((i for i, e in enumerate(entries) if e.offset == offset), None)
+        del self.kept[pid]
+        if position is None:
+            # the client's offset is older than the log (or unknown): cannot restore
+            self.stats["recovery_expired"] += 1
+            return None
+        rooms = frozenset(kept.rooms)
+        missed = [e for e in entries[position + 1 :] if e.reaches(kept.namespace, kept.sid, rooms)]
+        # offsets the client saw recently, or will get from ``missed``: the restoring node
+        # must not send them again from its own log
+        known = [e.offset for e in entries if e.at >= now - 2 * SKEW or kept.log is not self.log]
+        return {
+            "sid": kept.sid,
+            "namespace": kept.namespace,
+            "rooms": kept.rooms,
+            "data": kept.data,
+            "missed": missed,
+            "known": known,
+        }
+
+    def _entries_of(self, kept: Kept) -> list[Entry]:
+        """What a kept session's client was sent, in order (see :class:`Kept`)."""
+        entries = list(kept.log.entries)
+        if kept.log is self.log:
+            return entries
+        index = kept.log.index
+        if kept.tail_seq is not None:
+            entries.extend(
+                e for e in self.log.entries if e.seq > kept.tail_seq and e.offset not in index
+            )
+        elif kept.tail_time is not None:
+            entries.extend(e for e in self.log.since(kept.tail_time) if e.offset not in index)
+        return entries
+
+    # -- serving peers -------------------------------------------------------------------------
+
+    async def serve_call(self, link: Link, stream: Stream, payload: bytes) -> None:
+        try:
+            request = json.loads(payload)
+            op = request["op"]
+        except (ValueError, KeyError, TypeError):
+            stream.send(FrameType.REPLY, b"\x01malformed recovery call")
+            return
+        if not self.enabled:
+            stream.send(FrameType.REPLY, b"\x00{}")
+            return
+        try:
+            if op == "recovery.fetch":
+                reply = self._serve_fetch(request)
+            elif op == "recovery.adopt":
+                reply = self._adopt(request, link.peer)
+            else:
+                raise WireError(f"unknown op {op!r}")
+        except (WireError, ValueError, TypeError, KeyError) as exc:
+            stream.send(FrameType.REPLY, b"\x01" + f"bad recovery call: {exc}".encode())
+            return
+        stream.send(FrameType.REPLY, b"\x00" + json.dumps(reply).encode())
+
+    def _serve_fetch(self, request: dict[str, Any]) -> dict[str, Any]:
+        pid, offset = request["pid"], request["offset"]
+        if not isinstance(pid, str) or not isinstance(offset, str):
+            raise WireError("pid and offset must be strings")
+        state = self.take(pid, offset)
+        if isinstance(state, str):
+            return {"adopter": state}
+        if state is None:
+            return {}
+        try:
+            json.dumps(state["data"])
+        except (TypeError, ValueError):
+            log.warning("siomesh: session data of %s is not JSON: recovered without it", pid)
+            state["data"] = None
+        state["missed"] = [e.to_wire() for e in state["missed"]]
+        return {"state": state}
+
+    def _adopt(self, request: dict[str, Any], origin: str) -> dict[str, Any]:
+        now = self._loop_time()
+        count = events = 0
+        for group in request["groups"]:
+            adopted = Log(self.config.max_log, self.config.max_disconnection + SKEW)
+            for raw in group["log"]:
+                adopted.add(Entry.from_wire(raw, now))
+            events += len(adopted.entries)
+            for raw in group["sessions"]:
+                pid, sid, namespace, rooms, data, left = raw
+                if not (isinstance(pid, str) and isinstance(sid, str) and isinstance(rooms, list)):
+                    raise WireError("malformed session")
+                self.kept[pid] = Kept(
+                    pid, sid, str(namespace), [str(r) for r in rooms], data,
+                    now + max(0.0, float(left)), adopted, tail_time=now - SKEW,
+                )  # fmt: skip
+                self.adopters.pop(pid, None)
+                count += 1
+        log.warning(
+            "siomesh: adopted %d sessions (and %d logged events) of %s for recovery",
+            count,
+            events,
+            origin,
+        )
+        return {"adopted": count}
+
+    async def hand_off(self) -> int:
+        """Give every kept session and the log to a live peer (drain); the number handed."""
+        if not self.enabled or not self.kept:
+            return 0
+        now = self._loop_time()
+        self._prune(now)
+        # sessions grouped by the log their missed events come from: this node's own, or
+        # one it adopted from a node drained earlier
+        groups: dict[int, tuple[Kept, list[list[Any]]]] = {}
+        for kept in self.kept.values():
+            try:
+                json.dumps(kept.data)
+                data = kept.data
+            except (TypeError, ValueError):
+                data = None
+            group = groups.setdefault(id(kept.log), (kept, []))
+            group[1].append(
+                [kept.pid, kept.sid, kept.namespace, kept.rooms, data, kept.until - now]
+            )
+        body = (
+            ADOPT_CALL
+            + b","
+            + json.dumps(
+                {
+                    "groups": [
+                        {
+                            "log": [e.to_wire() for e in self._entries_of(first)],
+                            "sessions": sessions,
+                        }
+                        for first, sessions in groups.values()
+                    ]
+                }
+            ).encode()[1:]
+        )
+        for peer in self._live_peers():
+            try:
+                link = await self._links.get(peer, "control")
+                stream = link.open_stream()
+                try:
+                    if not stream.send(FrameType.CALL, body):
+                        continue
+                    kind, payload = await stream.next(self._timeout)
+                finally:
+                    stream.close()
+            except (LinkUnavailable, LinkClosed, asyncio.TimeoutError):
+                continue
+            if kind is FrameType.REPLY and payload[:1] == b"\x00":
+                for pid in self.kept:
+                    self.adopters[pid] = peer
+                handed = len(self.kept)
+                self.kept.clear()
+                self.stats["recovery_handed_off"] += handed
+                return handed
+        log.warning("siomesh: no peer adopted the %d sessions kept for recovery", len(self.kept))
+        return 0
+
+    def sizes(self) -> dict[str, int]:
+        """What recovery holds now (status and metrics)."""
+        return {
+            "recovery_sessions": len(self.kept),
+            "recovery_log_events": len(self.log.entries),
+            "recovery_log_bytes": self.log.bytes,
+        }
+
+
+def _fields(entry: Entry) -> tuple[str, str, Any, tuple[Any, ...], str, list[Any]]:
+    return entry.offset, entry.namespace, entry.room, entry.skip, entry.event, entry.args
+
+
+def _as_tuple(skip: Any) -> tuple[Any, ...]:
+    if isinstance(skip, (list, tuple)):
+        return tuple(skip)
+    return () if skip is None else (skip,)
+
+
+def _once(value: str, fallback: Callable[[], str]) -> Callable[[], str]:
+    used = False
+
+    def generate() -> str:
+        nonlocal used
+        if not used:
+            used = True
+            return value
+        return fallback()
+
+    return generate
+
+
+class _Gate:
+    """Holds a restoring client's live packets until its missed ones are queued, then drops
+    live packets whose offset was already sent (for :data:`DEDUPE_SECONDS`)."""
+
+    def __init__(self, socket: Any) -> None:
+        self.socket = socket
+        self.held: list[Any] | None = []
+        self.sent: set[str] = set()
+        self.send = socket.send
+
+        async def gated(pkt: Any) -> Any:
+            if pkt.packet_type == eio_packet.MESSAGE and not _is_connect(pkt.data):
+                if self.held is not None:
+                    self.held.append(pkt)
+                    return None
+                if self.sent and _offset_of(pkt.data) in self.sent:
+                    return None
+            return await self.send(pkt)
+
+        socket.send = gated
+
+    def open(self, packets: list[Any], sent: set[str] | None = None) -> None:
+        """Queue ``packets`` (the missed events), then the held live ones not in ``sent``."""
+        held = self.held or []
+        self.held = None
+        self.sent = sent or set()
+        queue = self.socket.queue
+        for pkt in packets:
+            queue.put_nowait(pkt)
+        for pkt in held:
+            if not (self.sent and _offset_of(pkt.data) in self.sent):
+                queue.put_nowait(pkt)
+        if not self.sent:
+            self.socket.send = self.send
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(DEDUPE_SECONDS, self._close)
+
+    def _close(self) -> None:
+        self.sent = set()
+        self.socket.send = self.send
+
+
+def _is_connect(data: Any) -> bool:
+    return isinstance(data, str) and data[:1] in ("0", "4")
+
+
+def _offset_of(data: Any) -> str | None:
+    """The offset of an encoded Socket.IO EVENT (its last argument), if it has one."""
+    if not isinstance(data, str) or data[:1] != "2" or not data.endswith('"]'):
+        return None
+    start = data.rfind(',"')
+    if start < 0:
+        return None
+    try:
+        value = json.loads(data[start + 1 : -1])
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
