@@ -77,7 +77,9 @@ def test_offset_of_an_encoded_event() -> None:
 
 
 def test_recovery_is_off_by_default_and_validated() -> None:
-    config = MeshConfig.build({}, node_url="http://127.0.0.1:1", secret="a-random-test-secret-9Qz7Lp2Rw5kT")
+    config = MeshConfig.build(
+        {}, node_url="http://127.0.0.1:1", secret="a-random-test-secret-9Qz7Lp2Rw5kT"
+    )
     assert config.recovery.enabled is False
     on = MeshConfig.build(
         {"SIOMESH_RECOVERY_ENABLED": "1", "SIOMESH_RECOVERY_MAX_DISCONNECTION": "30"},
