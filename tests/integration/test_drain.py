@@ -172,7 +172,9 @@ async def test_sigterm_drains_the_node_and_its_clients_move_at_once(
         assert len(moved) == len(on_victim), "every client of the drained node reconnected"
         for c in on_victim:
             assert c.disconnects == ["transport error"], c.disconnects
-            assert c.longest_down < 2.0, (c.index, c.longest_down)
+            # "at once": a few reconnection attempts (one may land on the draining node, which
+            # turns it away), not a ping timeout (25 s and more)
+            assert c.longest_down < 3.5, (c.index, c.longest_down)
             owner = await c.client.call("whoami", timeout=5)
             assert owner != victim_url
         for c in callers:
