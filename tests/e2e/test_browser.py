@@ -340,3 +340,78 @@ async def test_upgrade_reaches_websocket_across_workers(demo: Cluster, browser: 
         assert journey["websocket"]["landed_on"] == journey["owner"], journey
         panel = await page.js("document.getElementById('journey').textContent")
         assert "WebSocket landed on" in panel, panel
+
+
+#: Sockets the page below opens, ``PAGE_WAVE`` at a time; ``SIOMESH_BROWSER_SOCKETS=1000`` for
+#: the full-size run reported in docs/benchmark.md. Chromium opens one WebSocket per host at a
+#: time, so a page that opens 100 sockets at once has most upgrade probes arrive after
+#: ``takeover.window``: those sessions are relayed (counted, reason "the session already talks
+#: Socket.IO here"). A few at a time is what pages do.
+PAGE_SOCKETS = int(os.environ.get("SIOMESH_BROWSER_SOCKETS", "200"))
+PAGE_WAVE = int(os.environ.get("SIOMESH_BROWSER_WAVE", "5"))
+
+_MANY_SOCKETS = """
+window.__many = null;
+(async () => {
+  const total = %d, wave = %d;
+  const r = {connected: 0, lost: 0, upgraded: 0, relayed: 0, takenOver: 0, onOwner: 0,
+             echoedInOrder: 0, errors: [], reasons: {}};
+  const bounded = (p, ms) => Promise.race([p, new Promise((res) => setTimeout(res, ms))]);
+  for (let start = 0; start < total; start += wave) {
+    const socks = [];
+    for (let i = start; i < Math.min(total, start + wave); i++) {
+      socks.push(io({forceNew: true, reconnection: false, timeout: 15000}));
+    }
+    await Promise.all(socks.map((s) => bounded(new Promise((res) => {
+      s.once("connect", () => { r.connected++; res(); });
+      s.once("connect_error", (e) => { r.lost++; r.errors.push(String(e.message)); res(); });
+    }), 20000)));
+    await Promise.all(socks.filter((s) => s.connected).map((s) =>
+      s.io.engine.transport.name === "websocket" ? null
+        : bounded(new Promise((res) => s.io.engine.once("upgrade", res)), 10000)));
+    for (const s of socks) {
+      if (s.connected && s.io.engine.transport.name === "websocket") r.upgraded++;
+    }
+    await Promise.all(socks.filter((s) => s.connected).map(async (s) => {
+      try {
+        const a = await s.timeout(10000).emitWithAck("whoami");
+        const b = await s.timeout(10000).emitWithAck("whoami");
+        const j = await s.timeout(10000).emitWithAck("journey");
+        if (a === b && j && j.owner === a) r.echoedInOrder++;
+        const how = j && j.websocket && j.websocket.how;
+        if (how === "relayed") {
+          r.relayed++;
+          const why = String(j.websocket.reason);
+          r.reasons[why] = (r.reasons[why] || 0) + 1;
+        }
+        else if (how === "taken over") r.takenOver++;
+        else if (how === "served by the owner") r.onOwner++;
+      } catch (e) { r.errors.push(String(e.message)); }
+    }));
+    socks.forEach((s) => s.disconnect());
+  }
+  r.errors = r.errors.slice(0, 10);
+  return r;
+})().then((r) => { window.__many = r; });
+1
+"""
+
+
+async def test_many_sockets_in_one_page_are_served_where_their_websocket_lands(
+    demo: Cluster, browser: Browser
+) -> None:
+    """Headless Chromium opens PAGE_SOCKETS default-transport sockets through the non-sticky
+    port: none loses its CONNECT, all upgrade, and no WebSocket is relayed (each page socket's
+    path, from ``journey``: taken over where it landed, or landed on its owner)."""
+    page, _ = await open_connected(browser, demo.url + "/")
+    await page.js(
+        _MANY_SOCKETS % (PAGE_SOCKETS, PAGE_WAVE)
+    )  # runs in the page; its result lands in __many
+    result = await page.wait_for("window.__many", timeout=30 + PAGE_SOCKETS * 0.5)
+    assert result["lost"] == 0, result
+    assert result["connected"] == PAGE_SOCKETS, result
+    assert result["upgraded"] == PAGE_SOCKETS, result
+    assert result["echoedInOrder"] == PAGE_SOCKETS, result
+    assert result["relayed"] == 0, result
+    assert result["takenOver"] + result["onOwner"] == PAGE_SOCKETS, result
+    assert result["takenOver"] > 0, result
