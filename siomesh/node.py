@@ -226,7 +226,8 @@ class MeshNode:
             self.config.recovery,
             sio=self.engine.sio,
             node_url=self.config.node_url,
-            node_tag=self.node_tag,
+            # offsets must never repeat, not even after a restart under the same URL
+            node_tag=self.node_tag + self.generation_tag,
             links=self.links,
             make_pid=self.make_sid,
             owner_of=self._owner_of_tag,

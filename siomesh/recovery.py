@@ -14,7 +14,8 @@ The protocol, as socket.io-client 4.6+ speaks it:
 
 How siomesh serves it without a broker:
 
-* **Offsets are cluster-wide.** The node where an emit starts names it (``<node tag>.<n>``);
+* **Offsets are cluster-wide.** The node where an emit starts names it (``<node tag><generation
+  tag>.<n>``: unique across nodes and across restarts of one node);
   the adapter carries the name to every peer, so all nodes append the same offset and can
   compare logs by offset.
 * **Every node logs** the events it delivers (and, with the default ``room_routing="all"``,
@@ -192,8 +193,9 @@ class Kept:
 
 class Recovery:
     """See the module docstring. ``sio`` is the node's python-socketio server; ``node_tag``
-    names offsets; ``make_pid`` makes self-routing private ids; ``owner_of(pid)`` names the
-    member that minted a pid; ``live_peers()`` lists the other live members and
+    prefixes offsets (it must differ between nodes and between starts of one node);
+    ``make_pid`` makes self-routing private ids; ``owner_of(pid)`` names the member that
+    minted a pid; ``live_peers()`` lists the other live members and
     ``leaving_peers()`` those that announced they leave (a draining node still answers)."""
 
     def __init__(
