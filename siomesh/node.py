@@ -435,19 +435,25 @@ class MeshNode:
         """A request that a peer forwarded over a link: served here, never forwarded again,
         except to follow a session this node handed to another member (one more hop at most:
         a session moves once)."""
-        sid = sid_of(scope.get("query_string", b""))
-        if sid is not None and sid in self.local_sids:
-            if scope["type"] == "websocket":
-                self._note_relay(sid, scope)
-            else:
-                self._note_forwarded(sid, str(scope.get(FORWARDED_BY, "")))
-        if sid is not None and sid not in self.local_sids:
-            if sid in self.takeover.pending:
-                await self.takeover.wait_installed(sid)
-            target = self.takeover.moved_to(sid) if sid not in self.local_sids else None
-            if target is not None:
-                await self.forward(scope, receive, send, target, claim=False)
-                return
+        # Hot path: most forwarded requests are polls of a local session on a node that moved
+        # nothing; the sid is parsed only when something can depend on it.
+        takeover = self.takeover
+        debug = self.config.served_by_header
+        websocket = scope["type"] == "websocket"
+        if websocket or debug or takeover.pointers or takeover.pending:
+            sid = sid_of(scope.get("query_string", b""))
+            if sid is not None and sid in self.local_sids:
+                if websocket:
+                    self._note_relay(sid, scope)
+                elif debug:
+                    self._note_forwarded(sid, str(scope.get(FORWARDED_BY, "")))
+            elif sid is not None:
+                if sid in takeover.pending:
+                    await takeover.wait_installed(sid)
+                target = takeover.moved_to(sid) if sid not in self.local_sids else None
+                if target is not None:
+                    await self.forward(scope, receive, send, target, claim=False)
+                    return
         if self.config.served_by_header:
             send = tagging_send(send, b"x-siomesh-served-by", self.config.node_url)
         await self.app(scope, receive, send)
@@ -494,6 +500,7 @@ class MeshNode:
             "transport": "websocket" if socket.upgraded else "polling",
             "websocket": None,
             # polling requests that reached this owner through another node, per node
+            # (counted only with served_by_header, the demo's debug mode: not on the hot path)
             "forwarded_by": dict(self._forwarded_by.get(sid, {})),
         }
         if taken_from is not None:

