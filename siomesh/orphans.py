@@ -14,17 +14,28 @@ event, and on the event returns no packets, leaving the queue untouched and the 
 Local requests (``ORPHANED`` unset) run python-engineio's own poll unchanged.
 
 The wrapper mirrors ``engineio.async_socket.AsyncSocket.poll`` of python-engineio 4.x.
+
+It also caps what one poll returns at :data:`MAX_POLL_PACKETS`, python-engineio's own client
+limit (``Payload.max_decode_packets``): its server returns *every* queued packet in one poll,
+and its client refuses a payload of more than 16 ("Unexpected packet from server") and drops the
+connection. A burst is ordinary in a mesh (what a peer held for a frozen node, a recovery
+replay, a takeover's queued packets), so the surplus stays with the session, in order, for the
+next poll (or the WebSocket writer, which polls the same way).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections import deque
 from typing import Any
 
 from engineio import exceptions as eio_exceptions
 
-__all__ = ["ORPHANED", "guard_poll"]
+__all__ = ["MAX_POLL_PACKETS", "ORPHANED", "guard_poll", "take_queued"]
+
+#: The most packets one poll returns (python-engineio's client refuses a bigger payload).
+MAX_POLL_PACKETS = 16
 
 #: Set (to an event that fires when the request is orphaned) while a forwarded request runs.
 ORPHANED: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
@@ -38,8 +49,22 @@ def guard_poll(socket: Any) -> None:
     if getattr(original, "_siomesh_guarded", False):
         return
 
+    overflow: deque[Any] = deque()
+    socket.siomesh_overflow = overflow
+
     async def poll() -> list[Any]:
         orphaned = ORPHANED.get()
+        if overflow:
+            if orphaned is not None and orphaned.is_set():
+                return []
+            return [overflow.popleft() for _ in range(min(len(overflow), MAX_POLL_PACKETS))]
+        packets = await _poll(orphaned)
+        if len(packets) > MAX_POLL_PACKETS:
+            overflow.extend(packets[MAX_POLL_PACKETS:])
+            del packets[MAX_POLL_PACKETS:]
+        return packets
+
+    async def _poll(orphaned: asyncio.Event | None) -> list[Any]:
         if orphaned is None:
             result: list[Any] = await original()
             return result
@@ -79,3 +104,23 @@ def guard_poll(socket: Any) -> None:
 
     poll._siomesh_guarded = True  # type: ignore[attr-defined]
     socket.poll = poll
+
+
+def take_queued(socket: Any) -> list[Any]:
+    """Remove and return every packet waiting for ``socket``'s client, in order (what a poll
+    left over first, then the queue), ``None`` markers dropped. Does not await."""
+    packets: list[Any] = []
+    overflow: deque[Any] | None = getattr(socket, "siomesh_overflow", None)
+    if overflow:
+        packets.extend(overflow)
+        overflow.clear()
+    queue: asyncio.Queue[Any] = socket.queue
+    while True:
+        try:
+            pkt = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        queue.task_done()
+        if pkt is not None:
+            packets.append(pkt)
+    return packets

@@ -63,6 +63,7 @@ from .config import TakeoverConfig
 from .links.frames import FrameType, RequestMeta
 from .links.link import Link, LinkClosed, Stream
 from .links.pool import LinkPool, LinkUnavailable
+from .orphans import take_queued
 
 __all__ = ["TAKEOVER_CALL", "Hold", "Takeover"]
 
@@ -254,15 +255,7 @@ class Takeover:
         scope = environ.get("asgi.scope") if isinstance(environ, dict) else None
         if not isinstance(scope, dict):
             return "no handshake environ"
-        queued: list[Any] = []
-        while True:
-            try:
-                pkt = socket.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            socket.queue.task_done()
-            if pkt is not None:
-                queued.append(_encode_packet(pkt))
+        queued = [_encode_packet(pkt) for pkt in take_queued(socket)]
         held = [_encode_packet(p) for p in hold.buffer]
         hold.buffer.clear()
         if hold.timer is not None:

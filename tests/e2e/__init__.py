@@ -108,12 +108,14 @@ def run_cluster(
     workers: int = 3,
     ready_timeout: float = 30.0,
     cwd: Path = REPO,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
-    """Start ``siomesh <args> --port <free>`` in ``cwd``, wait until every worker's health
-    endpoint says 200, yield, then stop it by pid."""
+    """Start ``siomesh <args> --port <free>`` in ``cwd`` (with ``env`` added to this process's
+    environment), wait until every worker's health endpoint says 200, yield, then stop it by
+    pid."""
     port = free_port()
     log = tmp / f"siomesh-{port}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             siomesh_cmd(*args, "--port", str(port), "--host", LOOPBACK),

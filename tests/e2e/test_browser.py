@@ -188,6 +188,19 @@ class Page:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require(chromium_path() is not None, "chromium is not installed")
+    # Chromium and three workers share CI's two cores: a page's upgrade probe has been seen to
+    # reach its worker more than the default 0.25 s takeover window after the handshake (then
+    # the WebSocket is relayed, by design). These tests check what the page shows and that the
+    # takeover works, not how tight the window may be on a loaded machine (docs/benchmark.md).
+    env = {"SIOMESH_TAKEOVER_WINDOW": "1.5"}
+    with run_cluster(["demo"], tmp_path_factory.mktemp("demo"), workers=3, env=env) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def demo_default_window(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The demo with every option at its default: for the test that counts relayed sockets."""
+    require(chromium_path() is not None, "chromium is not installed")
     with run_cluster(["demo"], tmp_path_factory.mktemp("demo"), workers=3) as cluster:
         yield cluster
 
@@ -398,12 +411,12 @@ window.__many = null;
 
 
 async def test_many_sockets_in_one_page_are_served_where_their_websocket_lands(
-    demo: Cluster, browser: Browser
+    demo_default_window: Cluster, browser: Browser
 ) -> None:
     """Headless Chromium opens PAGE_SOCKETS default-transport sockets through the non-sticky
     port: none loses its CONNECT, all upgrade, and (nearly) no WebSocket is relayed (each page
     socket's path, from ``journey``: taken over where it landed, or landed on its owner)."""
-    page, _ = await open_connected(browser, demo.url + "/")
+    page, _ = await open_connected(browser, demo_default_window.url + "/")
     await page.js(
         _MANY_SOCKETS % (PAGE_SOCKETS, PAGE_WAVE)
     )  # runs in the page; its result lands in __many

@@ -147,3 +147,46 @@ async def test_two_waiting_polls_one_orphaned() -> None:
     assert await asyncio.wait_for(orphan, T) == []
     await socket.queue.put(msg("ack"))
     assert [p.data for p in await asyncio.wait_for(retry, T)] == ["ack"]
+
+
+@pytest.mark.parametrize("forwarded", [False, True])
+async def test_a_burst_is_returned_at_most_16_packets_per_poll_in_order(forwarded: bool) -> None:
+    """python-engineio's client refuses a payload of more than 16 packets and drops the
+    connection; the surplus waits for the next poll, in order, behind nothing newer."""
+    from engineio import payload
+
+    from siomesh.orphans import MAX_POLL_PACKETS
+
+    assert MAX_POLL_PACKETS == payload.Payload.max_decode_packets
+    socket = make_socket()
+    for i in range(40):
+        await socket.queue.put(msg(str(i)))
+    got: list[list[str]] = []
+    for _ in range(3):
+        if forwarded:
+            packets = await asyncio.wait_for(orphanable_poll(socket, asyncio.Event()), T)
+        else:
+            packets = await asyncio.wait_for(socket.poll(), T)
+        # what the client decodes: one payload per poll
+        encoded = payload.Payload(packets=packets).encode()
+        got.append([str(p.data) for p in payload.Payload(encoded_payload=encoded).packets])
+        if len(got) == 2:
+            await socket.queue.put(msg("late"))  # queued after the burst: comes after it
+    assert [len(g) for g in got] == [16, 16, 8]
+    assert sum(got, []) == [str(i) for i in range(40)]
+    assert [p.data for p in await asyncio.wait_for(socket.poll(), T)] == ["late"]
+
+
+async def test_an_orphaned_poll_takes_nothing_left_over() -> None:
+    from siomesh.orphans import take_queued
+
+    socket = make_socket()
+    for i in range(20):
+        await socket.queue.put(msg(str(i)))
+    assert len(await asyncio.wait_for(socket.poll(), T)) == 16
+    orphaned = asyncio.Event()
+    orphaned.set()
+    assert await asyncio.wait_for(orphanable_poll(socket, orphaned), T) == []
+    await socket.queue.put(msg("20"))
+    assert [p.data for p in take_queued(socket)] == ["16", "17", "18", "19", "20"]
+    assert socket.queue.empty()
