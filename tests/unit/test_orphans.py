@@ -7,10 +7,10 @@ import asyncio
 import engineio
 import pytest
 from engineio import exceptions as eio_exceptions
-from engineio import packet
+from engineio import packet, payload
 from engineio.async_socket import AsyncSocket
 
-from siomesh.orphans import ORPHANED, guard_poll
+from siomesh.orphans import MAX_POLL_PACKETS, ORPHANED, guard_poll, take_queued
 
 T = 2.0
 
@@ -153,11 +153,7 @@ async def test_two_waiting_polls_one_orphaned() -> None:
 async def test_a_burst_is_returned_at_most_16_packets_per_poll_in_order(forwarded: bool) -> None:
     """python-engineio's client refuses a payload of more than 16 packets and drops the
     connection; the surplus waits for the next poll, in order, behind nothing newer."""
-    from engineio import payload
-
-    from siomesh.orphans import MAX_POLL_PACKETS
-
-    assert MAX_POLL_PACKETS == payload.Payload.max_decode_packets
+    assert payload.Payload.max_decode_packets == MAX_POLL_PACKETS
     socket = make_socket()
     for i in range(40):
         await socket.queue.put(msg(str(i)))
@@ -173,13 +169,11 @@ async def test_a_burst_is_returned_at_most_16_packets_per_poll_in_order(forwarde
         if len(got) == 2:
             await socket.queue.put(msg("late"))  # queued after the burst: comes after it
     assert [len(g) for g in got] == [16, 16, 8]
-    assert sum(got, []) == [str(i) for i in range(40)]
+    assert [x for g in got for x in g] == [str(i) for i in range(40)]
     assert [p.data for p in await asyncio.wait_for(socket.poll(), T)] == ["late"]
 
 
 async def test_an_orphaned_poll_takes_nothing_left_over() -> None:
-    from siomesh.orphans import take_queued
-
     socket = make_socket()
     for i in range(20):
         await socket.queue.put(msg(str(i)))
