@@ -49,7 +49,7 @@ from typing import Any
 
 __all__ = ["add_arguments", "main"]
 
-SCENARIO_KINDS = ("roundtrip", "scale", "latency", "connects")
+SCENARIO_KINDS = ("roundtrip", "scale", "latency", "connects", "rolling")
 
 BASELINE = "sticky-haproxy-cookie"
 WORKLOADS: dict[str, tuple[str, ...]] = {
@@ -226,7 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="roundtrip",
         help="roundtrip (default): acked round trips through every setup; scale: N clients in "
         "one room, K broadcasts; latency: broadcast latency, mesh adapter vs Redis; connects: "
-        "connect storms (lost CONNECTs, takeovers) and polling-only connect time vs sticky",
+        "connect storms (lost CONNECTs, takeovers) and polling-only connect time vs sticky; "
+        "rolling: rolling restarts under steady calls (calls lost, downtime, exit times)",
     )
     parser.add_argument("--quick", action="store_true", help="a small run, for tests")
     parser.add_argument("--out", default="bench-results", help="directory for JSON, text, PNG")
@@ -280,10 +281,36 @@ def _connects(args: argparse.Namespace) -> int:
     return connects.run_connects(params, Path(args.out))
 
 
+def _rolling(args: argparse.Namespace) -> int:
+    from .benchkit import rolling
+
+    params = rolling.RollingParams()
+    if args.quick:
+        params = rolling.RollingParams(clients=6, settle=1.0)
+    if args.clients:
+        params = replace(params, clients=args.clients)
+    if args.interval is not None:
+        params = replace(params, interval=args.interval)
+    if args.only:
+        setups = tuple(s.strip() for s in args.only.split(",") if s.strip())
+        unknown = [s for s in setups if s not in rolling.SETUPS]
+        if unknown:
+            print(
+                f"siomesh bench: unknown setup(s) {unknown} for --scenario rolling; "
+                f"known: {list(rolling.SETUPS)}",
+                file=sys.stderr,
+            )
+            return 2
+        params = replace(params, setups=setups)
+    return rolling.run_rolling(params, Path(args.out))
+
+
 def _broadcasts(args: argparse.Namespace) -> int:
     scenario = getattr(args, "scenario", "roundtrip")
     if scenario == "connects":
         return _connects(args)
+    if scenario == "rolling":
+        return _rolling(args)
     out = Path(args.out)
     quick = bool(args.quick)
     clients = args.clients

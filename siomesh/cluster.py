@@ -25,6 +25,10 @@ class MemberRef:
     #: The generation tag of the member's current process, or ``None`` when not known (static
     #: membership): then a sid's generation cannot be checked and the owner answers for itself.
     generation_tag: str | None = None
+    #: The member announced it leaves (it drains): it still serves its sessions for a while,
+    #: so requests for them are still forwarded to it (it answers for them, or a failed dial
+    #: answers the client's 400 once it is gone).
+    leaving: bool = False
 
 
 class ClusterView(Protocol):

@@ -152,6 +152,8 @@ class SioMesh:
             return
         if self.node.state == "starting":
             await self.startup()
+        elif kind == "http" and self.node.state == "draining":
+            send = _closing(send)
         path: str = scope["path"]
         if path.startswith(self._mesh_prefix) or path == self.config.health_path:
             await self._mesh_endpoint(scope, receive, send)
@@ -262,3 +264,22 @@ def _closing_send(send: Send) -> Send:
         await send(message)
 
     return closing
+
+
+def _closing(send: Send) -> Send:
+    """``send``, with ``Connection: close`` added to the response: a draining node leaves no
+    idle keep-alive connection behind. A balancer that reuses one just as the process exits
+    gets a reset, and does not retry a POST on another node (it may have been received): that
+    client's packets would be lost. A fresh connection to a closed port is refused instead,
+    which every balancer retries elsewhere."""
+
+    async def closing_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+            ]
+            headers.append((b"connection", b"close"))
+            message = dict(message, headers=headers)
+        await send(message)
+
+    return closing_send

@@ -56,7 +56,7 @@ from .recovery import ADOPT_CALL, FETCH_CALL, Recovery
 from .runtime.gossip import GossipRuntime, TrackedSockets
 from .seams import Hook
 from .selfcheck import self_checks
-from .sessions import drop_session, is_quiet, track_calls
+from .sessions import drop_session, is_quiet, is_safe_to_drop, track_calls
 from .sid import SidKeys, generation_tag, make_sid, node_tag, parse_sid
 from .takeover import TAKEOVER_CALL, Takeover
 
@@ -321,8 +321,9 @@ class MeshNode:
         )
         if self.gossip is not None:
             self.gossip.announce_leave()
-        # Each session is dropped at its first quiet moment (no call awaiting its ack, nothing
-        # queued for the client), or when half the bound has passed.
+        # Each session is dropped at its first safe moment (no call awaiting its ack, nothing
+        # queued for the client, halfway through its client's rhythm: is_safe_to_drop), or
+        # when half the bound has passed.
         quiet_until = loop.time() + self.config.drain_timeout / 2
         results = await asyncio.gather(
             *(self._drop_when_quiet(sid, quiet_until) for sid in list(self.local_sids))
@@ -400,7 +401,11 @@ class MeshNode:
     async def _drop_when_quiet(self, sid: str, until: float) -> bool:
         loop = asyncio.get_running_loop()
         socket = self.local_sids.get(sid)
-        while socket is not None and not is_quiet(socket) and loop.time() < until:
+        while (
+            socket is not None
+            and not is_safe_to_drop(socket, time.monotonic())
+            and loop.time() < until
+        ):
             await asyncio.sleep(0.005)
             socket = self.local_sids.get(sid)
         if socket is not None and not is_quiet(socket):

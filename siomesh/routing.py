@@ -98,7 +98,7 @@ def decide(
     member = view.member_by_tag(parts.node_tag)
     if member is None:
         return _REJECT_UNKNOWN
-    if not member.alive:
+    if not member.alive and not member.leaving:
         return _REJECT_DEAD
     if member.generation_tag is not None and member.generation_tag != parts.generation_tag:
         return _REJECT_RESTARTED

@@ -45,6 +45,9 @@ __all__ = ["GossipCluster", "GossipRuntime", "TrackedSockets"]
 log = logging.getLogger("siomesh.gossip")
 
 DNS_INTERVAL = 10.0
+#: How long after a member announced it leaves requests for its sessions are still forwarded
+#: to it: it drains them (``drain_timeout``, 3 s by default) before it exits.
+LEAVING_WINDOW = 30.0
 _MAX_TICK_SLEEP = 0.25
 
 
@@ -142,7 +145,11 @@ class GossipCluster:
             ):
                 best = m
         if best is not None:
-            return MemberRef(best.url, best.live, self._gen_tag(best.generation))
+            leaving = (
+                best.state == State.LEFT
+                and time.monotonic() - best.state_since < LEAVING_WINDOW
+            )
+            return MemberRef(best.url, best.live, self._gen_tag(best.generation), leaving)
         seed = self._seed_by_tag.get(tag)
         if seed is not None:
             return MemberRef(seed, True, None)
