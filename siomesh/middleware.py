@@ -152,8 +152,6 @@ class SioMesh:
             return
         if self.node.state == "starting":
             await self.startup()
-        elif kind == "http" and self.node.state == "draining":
-            send = _closing(send)
         path: str = scope["path"]
         if path.startswith(self._mesh_prefix) or path == self.config.health_path:
             await self._mesh_endpoint(scope, receive, send)
@@ -196,6 +194,18 @@ class SioMesh:
             # node stops listening, its next request is refused at connect and retried on
             # another node, instead of dying on a reused keep-alive connection.
             send = _closing_send(send)
+            if sid is not None and target is not None and scope["type"] == "websocket":
+                # Neither taken over (this node is about to stop) nor relayed (the relay
+                # would die with this node, and a call on its way with it): refused, the
+                # client keeps its session on polling (python-engineio's and the JS client
+                # do when an upgrade fails) and it moves to another node's WebSocket at its
+                # next reconnection.
+                self.node.stats["upgrades_refused_draining"] = (
+                    self.node.stats.get("upgrades_refused_draining", 0) + 1
+                )
+                await receive()
+                await send({"type": "websocket.close", "code": 1013})
+                return
             if sid is None and method != "OPTIONS":
                 if scope["type"] == "websocket":
                     # a WebSocket relayed through a node about to stop would die with it: the
@@ -264,22 +274,3 @@ def _closing_send(send: Send) -> Send:
         await send(message)
 
     return closing
-
-
-def _closing(send: Send) -> Send:
-    """``send``, with ``Connection: close`` added to the response: a draining node leaves no
-    idle keep-alive connection behind. A balancer that reuses one just as the process exits
-    gets a reset, and does not retry a POST on another node (it may have been received): that
-    client's packets would be lost. A fresh connection to a closed port is refused instead,
-    which every balancer retries elsewhere."""
-
-    async def closing_send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            headers = [
-                (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
-            ]
-            headers.append((b"connection", b"close"))
-            message = dict(message, headers=headers)
-        await send(message)
-
-    return closing_send
