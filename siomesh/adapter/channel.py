@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ log = logging.getLogger("siomesh.adapter")
 
 #: namespace -> the rooms concerned, or ``None`` for every client of the namespace
 Targets = dict[str, list[Any] | None]
+
+#: Seconds without an acknowledgement, while messages wait, after which a WARNING says so.
+STALL_WARNING = 5.0
 
 
 def merge_targets(into: Targets, more: Targets) -> None:
@@ -98,7 +102,12 @@ class PeerChannel:
         self._seq = 0
         self._link: Link | None = None
         self._messages = 0  # messages (not gaps) held
-        self.stats = {"sent": 0, "resent": 0, "acked": 0, "gap_messages": 0, "gaps": 0}
+        #: when the peer last acknowledged, or the queue last became non-empty (monotonic)
+        self._progress_at = time.monotonic()
+        self._stalled_since: float | None = None
+        self.stats = {
+            "sent": 0, "resent": 0, "acked": 0, "gap_messages": 0, "gaps": 0, "stalls": 0,
+        }  # fmt: skip
 
     def __len__(self) -> int:
         return self._messages
@@ -109,6 +118,8 @@ class PeerChannel:
 
     def enqueue(self, text: str, targets: Targets) -> bool:
         """Queue one encoded message; False when it was folded into a gap instead."""
+        if self.idle:
+            self._progress_at = time.monotonic()
         self._seq += 1
         if self._messages >= self._settings.max_queue:
             self._fold(self._seq, self._seq, targets)
@@ -163,6 +174,27 @@ class PeerChannel:
         )
         return dropped
 
+    def check_stalled(self, now: float) -> None:
+        """Say once (per episode) that messages have waited :data:`STALL_WARNING` seconds for
+        an acknowledgement: the peer is unreachable (partitioned, frozen) but still a member,
+        and what it misses is held for it, up to ``max_queue``."""
+        if self.idle or self._stalled_since is not None:
+            return
+        if now - self._progress_at < STALL_WARNING:
+            return
+        self._stalled_since = self._progress_at
+        self.stats["stalls"] += 1
+        log.warning(
+            "adapter: %d messages to %s not acknowledged for %.0f s (no working link to it: a "
+            "network partition, or the process is frozen); they are held and delivered in "
+            "order when it answers again, up to adapter.max_queue = %d; beyond that they are "
+            "dropped and its clients disconnected to resync",
+            self._messages,
+            self.peer,
+            now - self._progress_at,
+            self._settings.max_queue,
+        )
+
     def pump(self) -> None:
         """Send what can be sent now on the current link (dialling one if there is none)."""
         if not self._unsent and not self._unacked:
@@ -197,10 +229,23 @@ class PeerChannel:
         """The peer applied everything up to ``seq``."""
         if epoch != self.epoch:
             return
+        progressed = False
         while self._unacked and self._unacked[0].last <= seq:
             item = self._unacked.popleft()
+            progressed = True
             if item.text is not None:
                 self._messages -= 1
                 self.stats["acked"] += 1
+        if progressed:
+            self._progress_at = time.monotonic()
+            if self._stalled_since is not None:
+                log.warning(
+                    "adapter: %s acknowledges again after %.1f s: what was held for it is "
+                    "delivered, in order (%d messages still queued)",
+                    self.peer,
+                    self._progress_at - self._stalled_since,
+                    self._messages,
+                )
+                self._stalled_since = None
         if self._unsent:
             self.pump()

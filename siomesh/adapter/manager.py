@@ -24,6 +24,7 @@ import contextlib
 import inspect
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -212,10 +213,12 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         """Retry what a full link refused, and fold a dead peer's queue into a gap."""
         while True:
             await asyncio.sleep(TICK)
+            now = time.monotonic()
             for peer, channel in list(self._channels.items()):
                 if channel.idle:
                     continue
                 if self._is_live(peer):
+                    channel.check_stalled(now)
                     channel.pump()
                 else:
                     channel.abandon("peer is no longer a live member")

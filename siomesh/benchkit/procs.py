@@ -111,9 +111,11 @@ def start_process(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    group: int | None = None,
 ) -> Proc:
     """Start ``argv`` in its own session, stdout and stderr going to ``log_path``; ``cwd``
-    defaults to the current directory."""
+    defaults to the current directory. ``group``: run it under that group id, with no
+    supplementary groups (needs root; tests use it to tell nodes apart in firewall rules)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
@@ -124,6 +126,8 @@ def start_process(
             env=dict(env) if env is not None else None,
             cwd=str(cwd) if cwd is not None else None,
             start_new_session=True,
+            group=group,
+            extra_groups=[] if group is not None else None,
         )
     return Proc(name=name, popen=popen, log_path=log_path)
 

@@ -31,6 +31,7 @@ def start_node(
     env: Mapping[str, str] | None = None,
     uvicorn_args: Sequence[str] = ("--timeout-graceful-shutdown", "1"),
     app: str = ECHO_APP,
+    group: int | None = None,
 ) -> Proc:
     """Start ``uvicorn app`` on ``127.0.0.1:port`` with the node's ``SIOMESH_*`` settings;
     its output goes to ``tmp/<name>.log``. Stop it with ``Proc.stop()``."""
@@ -45,7 +46,7 @@ def start_node(
     )
     variables.update(env or {})
     argv = node_argv(app, port, uvicorn_args)
-    return start_process(name, argv, log_path=tmp / f"{name}.log", env=variables)
+    return start_process(name, argv, log_path=tmp / f"{name}.log", env=variables, group=group)
 
 
 def wait_healthy(
