@@ -431,3 +431,84 @@ async def test_many_sockets_in_one_page_are_served_where_their_websocket_lands(
     assert set(result["reasons"]) <= {"the session already talks Socket.IO here"}, result
     assert result["takenOver"] + result["onOwner"] + result["relayed"] == PAGE_SOCKETS, result
     assert result["takenOver"] > 0, result
+
+
+@pytest.fixture(scope="module")
+def demo_recovery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The demo with connection state recovery on (``SIOMESH_RECOVERY_ENABLED=1``)."""
+    require(chromium_path() is not None, "chromium is not installed")
+    env = {"SIOMESH_RECOVERY_ENABLED": "1"}
+    with run_cluster(["demo"], tmp_path_factory.mktemp("demo"), workers=3, env=env) as cluster:
+        yield cluster
+
+
+_RECOVERY = """
+window.__rec = null;
+(async () => {
+  const K = %d, COUNT = %d, INTERVAL = %d;
+  const TAG = "rec" + Math.random().toString(36).slice(2);
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const bounded = (p, ms) => Promise.race([p, sleep(ms)]);
+  const states = [];
+  for (let i = 0; i < K; i++) {
+    const s = io({forceNew: true, reconnectionDelay: 100, reconnectionDelayMax: 300,
+                  timeout: 15000});
+    const st = {s, got: [], ids: [], recovered: [], connects: 0};
+    s.on("connect", () => { st.connects++; st.ids.push(s.id); st.recovered.push(s.recovered); });
+    s.on("chat", (m) => {
+      if (m && typeof m.text === "string" && m.text.startsWith(TAG + ":")) {
+        st.got.push(Number(m.text.split(":")[1]));
+      }
+    });
+    states.push(st);
+  }
+  await bounded(Promise.all(states.map((st) => st.s.connected ? null
+    : new Promise((r) => st.s.once("connect", r)))), 20000);
+  await sleep(500);  // upgrades settle
+  const sender = states[0].s;
+  const victims = states.slice(Math.ceil(K / 2));
+  const sending = (async () => {
+    for (let i = 0; i < COUNT; i++) { sender.emit("chat", TAG + ":" + i); await sleep(INTERVAL); }
+  })();
+  for (let cut = 0; cut < 2; cut++) {
+    await sleep(COUNT * INTERVAL / 3);
+    victims.forEach((v) => v.s.io.engine.close());  // no goodbye: the server keeps the session
+  }
+  await sending;
+  const deadline = Date.now() + 15000;
+  while (Date.now() < deadline && states.some((st) =>
+      st.got[st.got.length - 1] !== COUNT - 1 || !st.s.connected)) {
+    await sleep(50);
+  }
+  await sleep(300);  // a replay still in flight would show as a duplicate
+  const per = states.map((st) => ({victim: victims.includes(st), connected: st.s.connected,
+    connects: st.connects, ids: st.ids, recovered: st.recovered, got: st.got}));
+  states.forEach((st) => st.s.disconnect());
+  return {count: COUNT, per};
+})().then((r) => { window.__rec = r; }, (e) => { window.__rec = {error: String(e)}; });
+1
+"""
+
+
+async def test_a_page_whose_transports_are_cut_recovers_and_misses_nothing(
+    demo_recovery: Cluster, browser: Browser
+) -> None:
+    """Sockets of one page (the vendored socket.io-client) in the demo's chat, through the
+    non-sticky port, with recovery on: half of them have their transport cut twice while a
+    stream of chat messages flows; each comes back recovered (``socket.recovered``), with its
+    ``socket.id``, on whatever worker, and every socket got every message once, in order."""
+    page, _ = await open_connected(browser, demo_recovery.url + "/")
+    count = 120
+    await page.js(_RECOVERY % (6, count, 40))
+    result = await page.wait_for("window.__rec", timeout=60)
+    assert "error" not in result, result
+    for client in result["per"]:
+        summary = {k: v for k, v in client.items() if k != "got"}
+        assert client["got"] == list(range(count)), (summary, client["got"])
+        assert client["connected"], summary
+        assert len(set(client["ids"])) == 1, summary  # the same socket.id throughout
+        assert client["recovered"][0] is False, summary
+        if client["victim"]:
+            assert client["connects"] == 3 and all(client["recovered"][1:]), summary
+        else:
+            assert client["connects"] == 1, summary
