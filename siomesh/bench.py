@@ -42,7 +42,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -291,18 +291,26 @@ def _rolling(args: argparse.Namespace) -> int:
         params = replace(params, clients=args.clients)
     if args.interval is not None:
         params = replace(params, interval=args.interval)
-    if args.only:
-        setups = tuple(s.strip() for s in args.only.split(",") if s.strip())
-        unknown = [s for s in setups if s not in rolling.SETUPS]
-        if unknown:
-            print(
-                f"siomesh bench: unknown setup(s) {unknown} for --scenario rolling; "
-                f"known: {list(rolling.SETUPS)}",
-                file=sys.stderr,
-            )
-            return 2
-        params = replace(params, setups=setups)
+    setups = _only(args.only, rolling.SETUPS, "rolling")
+    if setups is None:
+        return 2
+    if setups:
+        params = replace(params, setups=tuple(setups))
     return rolling.run_rolling(params, Path(args.out))
+
+
+def _only(option: str | None, known: Collection[str], scenario: str) -> list[str] | None:
+    """The setup names ``--only`` lists (empty: all), or None after saying which are unknown."""
+    names = [n.strip() for n in (option or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(
+            f"siomesh bench: unknown setup(s) {unknown} for --scenario {scenario}; "
+            f"known: {sorted(known)}",
+            file=sys.stderr,
+        )
+        return None
+    return names
 
 
 def _broadcasts(args: argparse.Namespace) -> int:
@@ -322,14 +330,8 @@ def _broadcasts(args: argparse.Namespace) -> int:
         return 2
     from .benchkit import broadcasts
 
-    names = [n.strip() for n in (args.only or "").split(",") if n.strip()]
-    unknown = [n for n in names if n not in broadcasts.SETUP_NAMES]
-    if unknown:
-        print(
-            f"siomesh bench: unknown setup(s) {unknown} for --scenario {scenario}; "
-            f"known: {sorted(broadcasts.SETUP_NAMES)}",
-            file=sys.stderr,
-        )
+    names = _only(args.only, broadcasts.SETUP_NAMES, scenario)
+    if names is None:
         return 2
     only = {broadcasts.SETUP_NAMES[n] for n in names}
 

@@ -90,17 +90,7 @@ def guard_poll(socket: Any) -> None:
         queue.task_done()
         if packets == [None]:
             return []
-        while True:
-            try:
-                pkt = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            queue.task_done()
-            if pkt is None:
-                queue.put_nowait(None)
-                break
-            packets.append(pkt)
-        return packets
+        return packets + _get_all(queue, keep_close=True)
 
     poll._siomesh_guarded = True  # type: ignore[attr-defined]
     socket.poll = poll
@@ -114,13 +104,24 @@ def take_queued(socket: Any) -> list[Any]:
     if overflow:
         packets.extend(overflow)
         overflow.clear()
-    queue: asyncio.Queue[Any] = socket.queue
+    packets.extend(_get_all(socket.queue, keep_close=False))
+    return packets
+
+
+def _get_all(queue: asyncio.Queue[Any], *, keep_close: bool) -> list[Any]:
+    """Every packet in ``queue`` now, in order. A ``None`` (python-engineio's "the session
+    closes" marker) ends the list and, with ``keep_close``, is put back for the next reader
+    (as python-engineio's poll does); without, it is dropped and reading goes on."""
+    packets: list[Any] = []
     while True:
         try:
             pkt = queue.get_nowait()
         except asyncio.QueueEmpty:
-            break
+            return packets
         queue.task_done()
-        if pkt is not None:
-            packets.append(pkt)
-    return packets
+        if pkt is None:
+            if keep_close:
+                queue.put_nowait(None)
+                return packets
+            continue
+        packets.append(pkt)
