@@ -185,24 +185,26 @@ class Page:
             )
 
 
+def _demo(factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[Cluster]:
+    """``siomesh demo`` with 3 workers and ``env`` added to its environment."""
+    require(chromium_path() is not None, "chromium is not installed")
+    with run_cluster(["demo"], factory.mktemp("demo"), workers=3, env=env) as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require(chromium_path() is not None, "chromium is not installed")
     # Chromium and three workers share CI's two cores: a page's upgrade probe has been seen to
     # reach its worker more than the default 0.25 s takeover window after the handshake (then
     # the WebSocket is relayed, by design). These tests check what the page shows and that the
     # takeover works, not how tight the window may be on a loaded machine (docs/benchmark.md).
-    env = {"SIOMESH_TAKEOVER_WINDOW": "1.5"}
-    with run_cluster(["demo"], tmp_path_factory.mktemp("demo"), workers=3, env=env) as cluster:
-        yield cluster
+    yield from _demo(tmp_path_factory, {"SIOMESH_TAKEOVER_WINDOW": "1.5"})
 
 
 @pytest.fixture(scope="module")
 def demo_default_window(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The demo with every option at its default: for the test that counts relayed sockets."""
-    require(chromium_path() is not None, "chromium is not installed")
-    with run_cluster(["demo"], tmp_path_factory.mktemp("demo"), workers=3) as cluster:
-        yield cluster
+    yield from _demo(tmp_path_factory, {})
 
 
 @pytest.fixture
@@ -436,10 +438,7 @@ async def test_many_sockets_in_one_page_are_served_where_their_websocket_lands(
 @pytest.fixture(scope="module")
 def demo_recovery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The demo with connection state recovery on (``SIOMESH_RECOVERY_ENABLED=1``)."""
-    require(chromium_path() is not None, "chromium is not installed")
-    env = {"SIOMESH_RECOVERY_ENABLED": "1"}
-    with run_cluster(["demo"], tmp_path_factory.mktemp("demo"), workers=3, env=env) as cluster:
-        yield cluster
+    yield from _demo(tmp_path_factory, {"SIOMESH_RECOVERY_ENABLED": "1"})
 
 
 _RECOVERY = """
