@@ -67,6 +67,10 @@ NODE_DRAIN_CALL = b'{"op":"node.drain"}'
 
 log = logging.getLogger("siomesh")
 
+#: How long before a draining node stops listening it releases the long-polls it holds for
+#: other nodes' sessions (at most a third of ``drain_timeout``).
+RELEASE_BEFORE_EXIT = 1.0
+
 
 def sid_of(query_string: bytes) -> str | None:
     """The ``sid`` query parameter, as python-engineio reads it (first value wins)."""
@@ -130,9 +134,13 @@ class MeshNode:
         self._shutdown_hooks: list[Hook] = []
         self._start_lock: asyncio.Lock | None = None
         self.state = "starting"
-        #: set when draining begins: handshakes are forwarded to peers, and long-polls this
-        #: node holds for other nodes' sessions are released with a NOOP
+        #: set when draining begins: handshakes are forwarded to peers
         self.draining = asyncio.Event()
+        #: set shortly before a draining node stops listening: long-polls it holds for other
+        #: nodes' sessions are released with a NOOP (their clients poll again, elsewhere).
+        #: Not at once: a client whose polls keep landing here (a passive balancer) would
+        #: re-poll in a tight loop for the whole drain.
+        self.release_polls = asyncio.Event()
         self._checks: asyncio.Future[None] | None = None
         self._drain_hooks: list[Callable[[], None]] = []
         self.stats: dict[str, int] = {
@@ -168,7 +176,7 @@ class MeshNode:
         )
         self.forwarder = Forwarder(
             self.links,
-            release=self.draining,
+            release=self.release_polls,
             poll_timeout=poll_timeout,
             request_timeout=self.config.request_timeout,
             stats=self.stats,
@@ -344,12 +352,16 @@ class MeshNode:
         # reconnect through this node are forwarded to peers, and nothing is refused meanwhile.
         # Clients that reconnect elsewhere meanwhile recover their sessions from here.
         if linger:
+            release_at = deadline - min(RELEASE_BEFORE_EXIT, self.config.drain_timeout / 3)
+            await asyncio.sleep(max(0.0, release_at - loop.time()))
+            self.release_polls.set()
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             # sessions that reached this node meanwhile (a handshake it served just before
             # draining, a session restored here) go now, while their state can be handed over
             late = [sid for sid in list(self.local_sids) if sid in self.local_sids]
             if late:
                 await asyncio.gather(*(drop_session(self.engine.eio, sid) for sid in late))
+        self.release_polls.set()
         handed = await self.recovery.hand_off()
         if handed:
             log.warning(
@@ -417,6 +429,7 @@ class MeshNode:
         if self.state == "stopped":
             return
         self.state = "stopped"
+        self.release_polls.set()
         if self._checks is not None:
             self._checks.cancel()
         for hook in reversed(self._shutdown_hooks):
