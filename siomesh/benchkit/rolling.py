@@ -24,16 +24,15 @@ Every wait is bounded; every process is ended by its pid.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -142,8 +141,10 @@ class _Caller:
         return max([*self.downs, *current], default=0.0)
 
 
-async def _load(url: str, p: RollingParams, roll: object, report: RollReport) -> None:
-    """Connect the clients, run ``roll()`` (a coroutine function) under their calls, tally."""
+async def _load(
+    url: str, p: RollingParams, roll: Callable[[], Awaitable[None]], report: RollReport
+) -> None:
+    """Connect the clients, run ``roll()`` under their calls, tally."""
     callers = [_Caller(i, url, p) for i in range(p.clients)]
     stop = asyncio.Event()
     tasks: list[asyncio.Future[None]] = []
@@ -156,7 +157,7 @@ async def _load(url: str, p: RollingParams, roll: object, report: RollReport) ->
         tasks = [asyncio.ensure_future(c.run(stop)) for c in callers]
         await asyncio.sleep(p.settle)
         began = time.monotonic()
-        await roll()  # type: ignore[operator]
+        await roll()
         report.roll_s = time.monotonic() - began
         await asyncio.sleep(p.settle)
     finally:
@@ -252,15 +253,7 @@ def _siomesh_run(p: RollingParams, work: Path) -> RollReport:
     env.setdefault("SIOMESH_SECRET", TEST_SECRET)
     argv = [sys.executable, "-m", "siomesh.cli", "run", MESH_APP, "--workers", "3"]
     argv += ["--port", str(port), "--host", LOOPBACK]
-    with log_path.open("wb") as sink:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_process("siomesh-run", argv, log_path=log_path, env=env)
     url = f"http://{LOOPBACK}:{port}"
 
     def output() -> str:
@@ -269,14 +262,14 @@ def _siomesh_run(p: RollingParams, work: Path) -> RollReport:
     try:
         deadline = time.monotonic() + p.ready_timeout
         while "worker 2:" not in output():
-            if proc.poll() is not None or time.monotonic() > deadline:
+            if not proc.alive() or time.monotonic() > deadline:
                 report.errors.append(f"siomesh run did not start:\n{output()[-2000:]}")
                 return report
             time.sleep(0.1)
         wait_http(url + "/_siomesh/health", timeout=p.ready_timeout)
 
         async def roll() -> None:
-            proc.send_signal(signal.SIGHUP)
+            proc.popen.send_signal(signal.SIGHUP)
             began = time.monotonic()
             while "rolling restart done" not in output():
                 if time.monotonic() - began > 3 * p.ready_timeout:
@@ -288,14 +281,7 @@ def _siomesh_run(p: RollingParams, work: Path) -> RollReport:
     except ProcessError as exc:
         report.errors.append(str(exc)[:2000])
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        proc.stop(grace=15.0)  # SIGTERM (the workers drain), then the group by pid
     return report
 
 
