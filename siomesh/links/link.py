@@ -33,8 +33,10 @@ from typing import Any
 from .frames import (
     FrameError,
     FrameType,
+    ResponseMeta,
     decode_u32,
     encode_close,
+    encode_meta_body,
     encode_u32,
     open_frame,
     seal_frame,
@@ -67,6 +69,29 @@ _STREAM_ONLY = frozenset(
 #: Close codes (RFC 6455): protocol error, going away.
 PROTOCOL_ERROR = 1002
 GOING_AWAY = 1001
+#: Frame types that end a stream on the acceptor: its answer.
+_ANSWERS = frozenset({FrameType.RESPONSE, FrameType.REPLY, FrameType.WS_CLOSE})
+#: What uvicorn answers when an ASGI app raises before responding; a forwarded request gets the
+#: same answer its owner would have given it directly.
+_INTERNAL_ERROR = encode_meta_body(
+    ResponseMeta(
+        status=500,
+        headers=[(b"content-type", b"text/plain; charset=utf-8")],
+    ).to_wire(),
+    b"Internal Server Error",
+)
+
+
+def fallback_answer(opened_by: FrameType) -> tuple[FrameType, bytes]:
+    """The answer a stream opened by ``opened_by`` gets when its handler ended without one
+    (it raised, or returned without answering): a 500 to a forwarded request, an error reply to
+    a call, a close (1011) to a relayed WebSocket. Without it the dialler would wait for its
+    timeout and count the owner as lost."""
+    if opened_by is FrameType.REQUEST:
+        return FrameType.RESPONSE, _INTERNAL_ERROR
+    if opened_by is FrameType.CALL:
+        return FrameType.REPLY, b"\x01internal error"
+    return FrameType.WS_CLOSE, encode_close(1011, "internal error")
 
 
 class LinkClosed(Exception):
@@ -111,6 +136,7 @@ class Stream:
         "_error",
         "_items",
         "_ready",
+        "answered",
         "consumed",
         "credit",
         "id",
@@ -132,6 +158,8 @@ class Stream:
         self._credit_event: asyncio.Event | None = None
         self.credit = Stream.WINDOW  # bytes we may still send
         self.consumed = 0  # bytes received and consumed, not yet acknowledged by WINDOW
+        #: whether this end sent the stream's answer (a RESPONSE, REPLY or WS_CLOSE frame)
+        self.answered = False
 
     @property
     def ended(self) -> asyncio.Event:
@@ -184,6 +212,8 @@ class Stream:
         return self._items.popleft()
 
     def send(self, kind: FrameType, payload: bytes) -> bool:
+        if kind in _ANSWERS:
+            self.answered = True
         return self.link.send(kind, self.id, payload)
 
     async def send_data(self, kind: FrameType, payload: bytes, timeout: float) -> None:
@@ -379,7 +409,7 @@ class Link:
                 return
             stream = Stream(self, stream_id)
             self.streams[stream_id] = stream
-            task = asyncio.ensure_future(self._serve(handler, stream, payload))
+            task = asyncio.ensure_future(self._serve(handler, kind, stream, payload))
             self._tasks[stream_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
             return
@@ -398,7 +428,12 @@ class Link:
             existing.push(kind, payload)
         # else: the exchange ended on this side already (timed out, cancelled): drop it
 
-    async def _serve(self, handler: StreamHandler, stream: Stream, payload: bytes) -> None:
+    async def _serve(
+        self, handler: StreamHandler, opened_by: FrameType, stream: Stream, payload: bytes
+    ) -> None:
+        """Run one stream's handler. Every stream gets an answer: when the handler raised or
+        returned without one, :func:`fallback_answer` is sent at once (unless the stream
+        failed first: then nobody reads it)."""
         try:
             await handler(self, stream, payload)
         except FrameError as exc:
@@ -407,8 +442,12 @@ class Link:
         except (LinkClosed, asyncio.CancelledError):
             pass
         except Exception:
-            log.exception("link %s: stream %d handler failed", self, stream.id)
+            self.stats["link_handler_errors"] = self.stats.get("link_handler_errors", 0) + 1
+            log.exception("link %s: %s stream %d handler failed", self, opened_by.name, stream.id)
         finally:
+            if not stream.answered and (not stream.failed or stream.released):
+                kind, answer = fallback_answer(opened_by)
+                stream.send(kind, answer)
             stream.close()
 
     # -- closing --------------------------------------------------------------------------------

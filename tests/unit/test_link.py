@@ -6,7 +6,16 @@ import asyncio
 
 import pytest
 
-from siomesh.links.frames import FrameType, decode_u32, encode_u32, seal_frame
+from siomesh.links.frames import (
+    FrameType,
+    ResponseMeta,
+    decode_close,
+    decode_meta_body,
+    decode_u32,
+    encode_meta_body,
+    encode_u32,
+    seal_frame,
+)
 from siomesh.links.link import GOING_AWAY, PROTOCOL_ERROR, Dispatcher, LinkClosed, Stream
 
 from .memlinks import KEY_D2A, LinkPair
@@ -421,3 +430,39 @@ async def test_info_and_repr() -> None:
         }
         assert repr(pair.dialler).startswith("<Link control to ")
         assert repr(pair.acceptor).startswith("<Link control from ")
+
+
+@pytest.mark.parametrize(
+    ("opening", "answer"),
+    [
+        (FrameType.REQUEST, FrameType.RESPONSE),
+        (FrameType.CALL, FrameType.REPLY),
+        (FrameType.WS_OPEN, FrameType.WS_CLOSE),
+    ],
+)
+@pytest.mark.parametrize("fails", [True, False])
+async def test_every_stream_gets_an_answer(
+    opening: FrameType, answer: FrameType, fails: bool
+) -> None:
+    """A handler that raises, or returns without answering, still answers its dialler at once
+    (a 500, an error reply, a 1011 close): the dialler never waits for its timeout."""
+    async with LinkPair() as pair:
+
+        async def handler(link: object, stream: Stream, payload: bytes) -> None:
+            if fails:
+                raise RuntimeError("the app failed")
+
+        pair.acceptor_dispatcher.serve(opening, handler)
+        stream = pair.dialler.open_stream()
+        assert stream.send(opening, encode_meta_body({"m": "GET"}))
+        kind, payload = await stream.next(T)
+        assert kind is answer
+        if answer is FrameType.RESPONSE:
+            meta, body = decode_meta_body(payload)
+            assert ResponseMeta.from_wire(meta).status == 500
+            assert body == b"Internal Server Error"
+        elif answer is FrameType.REPLY:
+            assert payload[:1] == b"\x01"
+        else:
+            assert decode_close(payload)[0] == 1011
+        assert pair.acceptor.stats.get("link_handler_errors", 0) == (1 if fails else 0)
