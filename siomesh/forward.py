@@ -53,6 +53,7 @@ from .orphans import ORPHANED
 
 __all__ = [
     "FORWARDED_BY",
+    "VIA_KEY",
     "BodyTooLarge",
     "ForwardedServer",
     "Forwarder",
@@ -79,6 +80,11 @@ RELAY_REASON_KEY = "siomesh.relay_reason"
 #: The header that carries it over the link (the owner removes it; clients cannot send
 #: ``x-siomesh-*`` headers, the middleware strips them).
 RELAY_REASON = b"x-siomesh-relay-reason"
+#: Scope key set on a polling request that a peer could not deliver to the session's owner
+#: itself (no link to it: a partition between the two) and asks this node to forward once.
+VIA_KEY = "siomesh.via"
+#: The header that marks such a request on the link (removed by the receiving end).
+VIA = b"x-siomesh-via-request"
 
 # RFC 9110 section 7.6.1, plus framing headers the receiving server computes itself.
 _HOP_BY_HOP = frozenset(
@@ -241,23 +247,37 @@ class Forwarder:
             stats.setdefault(key, 0)
 
     async def _link(self, target: str) -> Link:
+        # Forwarding targets are live members (routing checked): a backoff after an earlier
+        # failed dial must not fail this request (after a heal the owner is back, and a 400
+        # here would leave its client waiting for a long-poll held there); one dial, shared.
         try:
-            return await self._pool.get(target, "data")
+            return await self._pool.get(target, "data", retry_now=True)
         except LinkUnavailable as exc:
             raise OwnerUnreachable(str(exc)) from exc
 
     async def forward_http(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, target: str
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        target: str,
+        *,
+        via: bool = False,
     ) -> bool:
         """Send one polling request to ``target`` and relay its answer to the client.
+
+        With ``via``, ``target`` is not the owner but a member asked to forward the request to
+        the owner once (this node cannot reach the owner; see :data:`VIA_KEY`).
 
         Returns False when the client left before the answer (the owner was told to stop).
         Raises :class:`OwnerUnreachable` (not sent) or :class:`OwnerLost` (sent, no answer).
         """
         link = await self._link(target)
-        meta = RequestMeta.from_scope(
-            scope, forwarded_headers(scope["headers"], _client_host(scope), websocket=False)
-        )
+        headers = forwarded_headers(scope["headers"], _client_host(scope), websocket=False)
+        if via:
+            headers.append((VIA, b"1"))
+        meta = RequestMeta.from_scope(scope, headers)
         stream = link.open_stream()
         try:
             if not stream.send(FrameType.REQUEST, encode_meta_body(meta.to_wire(), body)):
@@ -450,6 +470,9 @@ class ForwardedServer:
         raw_meta, body = decode_meta_body(payload)
         scope = RequestMeta.from_wire(raw_meta).scope("http")
         scope[FORWARDED_BY] = link.peer
+        if any(name == VIA for name, _ in scope["headers"]):
+            scope[VIA_KEY] = True
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != VIA]
         if body or scope["method"] == "POST":
             # python-engineio reads exactly Content-Length bytes (none without it): the body
             # arrived whole, so its length is known; the client's own header was dropped.

@@ -36,6 +36,7 @@ from .discovery import EngineTarget, find_engine
 from .forward import (
     FORWARDED_BY,
     RELAY_REASON_KEY,
+    VIA_KEY,
     BodyTooLarge,
     ForwardedServer,
     Forwarder,
@@ -53,6 +54,7 @@ from .links.pool import LinkPool
 from .metrics import MeshCollector
 from .orphans import guard_poll
 from .recovery import ADOPT_CALL, FETCH_CALL, Recovery
+from .routing import Action, decide
 from .runtime.gossip import GossipRuntime, TrackedSockets
 from .seams import Hook
 from .selfcheck import self_checks
@@ -472,6 +474,28 @@ class MeshNode:
                 if target is not None:
                     await self.forward(scope, receive, send, target, claim=False)
                     return
+        if scope.get(VIA_KEY) and scope["type"] == "http":
+            # The forwarding peer cannot reach this session's owner (a partition between
+            # them): forward it there once, if it is a live member that we can reach; never to
+            # the peer that asked, never again from the owner (it serves its own sids).
+            decision = decide(
+                method=str(scope.get("method", "GET")),
+                sid=sid_of(scope.get("query_string", b"")),
+                local_sids=self.local_sids,
+                forwarded=False,
+                view=self.cluster,
+                keys=self.keys,
+                moved=self.takeover.pointers,
+            )
+            target = decision.target
+            if (
+                decision.action is Action.FORWARD
+                and target is not None
+                and target != scope.get(FORWARDED_BY)
+            ):
+                self.stats["forwarded_via"] = self.stats.get("forwarded_via", 0) + 1
+                await self.forward(scope, receive, send, target, claim=False)
+                return
         if self.config.served_by_header:
             send = tagging_send(send, b"x-siomesh-served-by", self.config.node_url)
         await self.app(scope, receive, send)
@@ -587,7 +611,20 @@ class MeshNode:
         except OwnerUnreachable:
             return True  # the client left while sending its body
         try:
-            if await self.forwarder.forward_http(scope, body, receive, send, target):
+            try:
+                sent = await self.forwarder.forward_http(scope, body, receive, send, target)
+            except OwnerUnreachable as exc:
+                # Nothing was sent. The owner is a live member (routing said so) that this
+                # node cannot reach: a partition between the two, or the owner's side of a
+                # heal not dialled yet. Ask a member that can reach it to forward it, rather
+                # than answer 400 (the client's long-poll may be held at the owner, through
+                # that member, for up to a ping timeout: it would be stuck until then).
+                via = self._via_peer(scope, target)
+                if via is None:
+                    raise
+                log.info("owner %s unreachable (%s): forwarding via %s", target, exc, via)
+                sent = await self.forwarder.forward_http(scope, body, receive, send, via, via=True)
+            if sent:
                 self.stats["forwarded"] += 1
             else:
                 self.stats["abandoned_polls"] = self.stats.get("abandoned_polls", 0) + 1
@@ -605,6 +642,17 @@ class MeshNode:
 
             await self.app(dict(scope), empty, send)
             return True
+
+    def _via_peer(self, scope: Scope, owner: str) -> str | None:
+        """A live member, other than ``owner``, that this node holds a data link to and that
+        may forward a request to ``owner`` for it; None for a request that was forwarded to
+        this node already (one detour at most) or when there is no such member."""
+        if FORWARDED_BY in scope:
+            return None
+        for peer in self.cluster.live_peers():
+            if peer != owner and self.links.current(peer, "data") is not None:
+                return peer
+        return None
 
     async def _start_gossip(self) -> None:
         assert self.gossip is not None

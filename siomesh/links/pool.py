@@ -60,6 +60,14 @@ _MAX_BACKOFF = 5.0
 _FIRST_BACKOFF = 0.1
 
 
+def _reason(exc: BaseException | None) -> str:
+    """A failure's reason for a log line: never empty (``str(TimeoutError())`` is)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    text = str(exc)
+    return text if text else repr(exc)
+
+
 class LinkUnavailable(Exception):
     """No link to the peer could be established (refused, unreachable, handshake failed)."""
 
@@ -144,9 +152,15 @@ class LinkPool:
         link = self._out.get((peer, kind))
         return link if link is not None and link.is_open else None
 
-    async def get(self, peer: str, kind: str) -> Link:
+    async def get(self, peer: str, kind: str, *, retry_now: bool = False) -> Link:
         """The open link to ``peer`` of ``kind``, dialled now if needed (concurrent callers
-        share one dial). Raises :class:`LinkUnavailable`; bounded by the dial's timeouts."""
+        share one dial). Raises :class:`LinkUnavailable`; bounded by the dial's timeouts.
+
+        After a failed dial, later calls fail fast for a short backoff, unless ``retry_now``:
+        the caller knows the peer is alive (a live member in gossip, e.g. a request for a
+        session it owns) and would rather wait one dial than fail a client that nothing else
+        can serve (after a partition heals, a backoff would answer 400 although the owner is
+        back)."""
         link = self.current(peer, kind)
         if link is not None:
             return link
@@ -155,7 +169,12 @@ class LinkPool:
         key = (peer, kind)
         future = self._dialling.get(key)
         backoff = self._backoff.get(key)
-        if future is None and backoff is not None and backoff[0] > time.monotonic():
+        if (
+            future is None
+            and not retry_now
+            and backoff is not None
+            and backoff[0] > time.monotonic()
+        ):
             # the last dial failed a moment ago: fail fast instead of making every request
             # for that peer wait for its own dial (the backoff is short and grows to 5 s)
             raise LinkUnavailable(f"{peer}: unreachable (retrying in {backoff[1]:.1f} s)")
@@ -201,6 +220,12 @@ class LinkPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def revive(self, peer: str) -> None:
+        """``peer`` was heard from (gossip, an inbound link): forget the backoff of failed
+        dials to it, so the next send or request dials it at once."""
+        for kind in LINK_KINDS:
+            self._backoff.pop((peer, kind), None)
+
     async def _background_dial(self, peer: str, kind: str) -> None:
         with contextlib.suppress(LinkUnavailable):
             await self.get(peer, kind)
@@ -210,7 +235,7 @@ class LinkPool:
         pending = self._pending.pop(key, None)
         if future.cancelled() or future.exception() is not None:
             if not future.cancelled():
-                self.last_errors[key[0]] = str(future.exception())
+                self.last_errors[key[0]] = _reason(future.exception())
             _, last = self._backoff.get(key, (0.0, 0.0))
             delay = min(max(last * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
             self._backoff[key] = (time.monotonic() + delay, delay)
@@ -394,7 +419,9 @@ class LinkPool:
             self.secret.verify_ack(offer, nonce, data)
         except (HandshakeError, asyncio.TimeoutError) as exc:
             self.stats["links_refused"] += 1
-            self.warn.warning(("ack", offer.sender), "link from %s failed: %s", offer.sender, exc)
+            self.warn.warning(
+                ("ack", offer.sender), "link from %s failed: %s", offer.sender, _reason(exc)
+            )
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1008})
             return
@@ -431,8 +458,7 @@ class LinkPool:
         self.stats["links_accepted"] += 1
         self._inbound.add(link)
         # the peer is evidently up: dial it again at once instead of after a backoff
-        for kind in LINK_KINDS:
-            self._backoff.pop((offer.sender, kind), None)
+        self.revive(offer.sender)
         try:
             await link.run(read)
         finally:

@@ -153,6 +153,34 @@ async def test_a_peer_that_links_to_us_is_dialled_again_at_once(net: MemoryNet) 
     assert link.is_open
 
 
+async def test_a_request_for_a_live_member_dials_through_the_backoff(net: MemoryNet) -> None:
+    """After a partition heals, a forwarded request (``retry_now``: routing knows its owner is
+    a live member) dials at once instead of failing for the rest of the backoff."""
+    a = net.attach(node(A))
+    net.down.add(B)
+    with pytest.raises(LinkUnavailable):
+        await asyncio.wait_for(a.links.get(B, "data"), T)
+    with pytest.raises(LinkUnavailable, match="retrying"):
+        await a.links.get(B, "data")
+    net.down.discard(B)
+    net.attach(node(B))
+    link = await asyncio.wait_for(a.links.get(B, "data", retry_now=True), T)
+    assert link.is_open
+
+
+async def test_revive_forgets_the_backoff(net: MemoryNet) -> None:
+    a = net.attach(node(A))
+    net.down.add(B)
+    with pytest.raises(LinkUnavailable):
+        await asyncio.wait_for(a.links.get(B, "control"), T)
+    assert not a.links.post(B, "control", FrameType.GOSSIP, b"x")
+    net.down.discard(B)
+    net.attach(node(B))
+    a.links.revive(B)  # gossip heard from B
+    assert (await asyncio.wait_for(a.links.get(B, "control"), T)).is_open
+    assert a.links.last_errors.get(B) is None
+
+
 async def test_text_messages_are_protocol_errors(net: MemoryNet) -> None:
     a, b = net.attach(node(A)), net.attach(node(B))
     # from the acceptor to the dialler
