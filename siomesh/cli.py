@@ -107,6 +107,30 @@ def _build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--mesh-path", default="/_siomesh", help="the node's mesh path")
     drain.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
 
+    balancer = sub.add_parser(
+        "balancer",
+        help="print an owner-aware nginx or HAProxy config (no forwards after the handshake)",
+        description=(
+            "Print a balancer config that sends every request carrying a sid to the node that "
+            "owns it (read from the sid's first characters) and the rest round-robin. Nodes "
+            "are given as their node_url, or read from a running node (--from). The tags "
+            "depend on the cluster secret."
+        ),
+    )
+    balancer.add_argument("kind", choices=["nginx", "haproxy"], help="which balancer")
+    balancer.add_argument("nodes", nargs="*", metavar="NODE_URL", help="each node's node_url")
+    balancer.add_argument(
+        "--from",
+        dest="from_url",
+        default=None,
+        metavar="URL",
+        help="read the members (alive or suspect) from this running node's status",
+    )
+    balancer.add_argument("--secret", default=None, help="cluster secret (default: SIOMESH_SECRET)")
+    balancer.add_argument("--listen", default="0.0.0.0:80", help="address:port to listen on")
+    balancer.add_argument("--mesh-path", default="/_siomesh", help="the node's mesh path")
+    balancer.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+
     bench = sub.add_parser(
         "bench",
         help="compare mesh mode with sticky mode, side by side",
@@ -264,8 +288,51 @@ def _drain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _balancer(args: argparse.Namespace) -> int:
+    import os
+
+    from .owner_routing import backends, render
+
+    secret = args.secret or os.environ.get("SIOMESH_SECRET")
+    if not secret:
+        print("siomesh: the tags depend on the cluster secret: --secret or SIOMESH_SECRET",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    urls = list(args.nodes)
+    if args.from_url:
+        url = args.from_url.rstrip("/") + args.mesh_path + "/status"
+        try:
+            with urllib.request.urlopen(url, timeout=args.timeout) as response:
+                data = json.loads(response.read())
+        except (urllib.error.URLError, TimeoutError, OSError, json.JSONDecodeError) as exc:
+            print(f"siomesh: cannot read {url}: {exc}", file=sys.stderr)
+            return 1
+        members = data.get("members") or []
+        urls += [str(data["node"])] + [
+            str(m["url"])
+            for m in members
+            if m.get("state") in ("alive", "suspect") and not m.get("self")
+        ]
+        urls = list(dict.fromkeys(u.rstrip("/") for u in urls))
+    if not urls:
+        print("siomesh: name the nodes (their node_url) or --from a running node", file=sys.stderr)
+        return 2
+    try:
+        print(render(args.kind, backends(secret, urls), listen=args.listen), end="")
+    except ValueError as exc:
+        print(f"siomesh: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "balancer" and not any(a.startswith("-") for a in extra):
+        # node URLs given after an option (argparse ends a "*" positional at the first one)
+        args.nodes = [*args.nodes, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "run":
         return _run(args, args.app, demo=False)
     if args.command == "demo":
@@ -274,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _drain(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "balancer":
+        return _balancer(args)
     if args.command == "bench":
         from .bench import main as bench_main
 

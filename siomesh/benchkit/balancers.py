@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import owner_routing
 from .ports import LOOPBACK, free_port
 from .procs import Proc, start_process, wait_http
 
@@ -133,11 +134,17 @@ def start_balancer(
     template: str | None = None,
     ready_timeout: float = 20.0,
     ready_path: str = "/_siomesh/health",
+    owner_secret: str | None = None,
+    config_text: str | None = None,
 ) -> Balancer:
     """Start balancer ``name`` (a key of :data:`BALANCERS`) in front of ``backends``.
 
-    Waits until ``ready_path`` answers 200 through it. Raises
-    :class:`~siomesh.benchkit.procs.ProcessError` (after stopping it) when it does not.
+    With ``owner_secret`` (nginx and HAProxy), the config is the owner-aware one that
+    ``siomesh balancer`` prints (:mod:`siomesh.owner_routing`), for nodes whose ``node_url``
+    is ``http://`` + their backend address. ``config_text``: this config instead, its
+    ``{{LISTEN}}`` replaced by the listening address. Waits until ``ready_path`` answers 200
+    through it.
+    Raises :class:`~siomesh.benchkit.procs.ProcessError` (after stopping it) when it does not.
     """
     spec = BALANCERS[name]
     binary = binary_for(name)
@@ -147,7 +154,16 @@ def start_balancer(
     port = free_port()
     config_name = template or spec.template
     config = run_dir / config_name
-    config.write_text(render(config_name, listen_port=port, backends=backends, run_dir=run_dir))
+    if config_text is not None:
+        config = run_dir / f"given-{spec.template}"
+        config.write_text(config_text.replace("{{LISTEN}}", f"{LOOPBACK}:{port}"))
+    elif owner_secret is not None:
+        nodes = owner_routing.backends(owner_secret, [f"http://{b}" for b in backends])
+        config = run_dir / f"owner-{spec.template}"
+        listen = f"{LOOPBACK}:{port}"
+        config.write_text(owner_routing.render(name, nodes, listen=listen, run_dir=str(run_dir)))
+    else:
+        config.write_text(render(config_name, listen_port=port, backends=backends, run_dir=run_dir))
     env = dict(os.environ)
     if name == "caddy":
         # Caddy keeps state under $HOME / XDG dirs: keep it inside the run directory.
