@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .versions import check_versions
+
 __all__ = ["DiscoveryError", "EngineTarget", "find_engine"]
 
 _MAX_DEPTH = 16
@@ -78,7 +80,10 @@ def _search(app: Any, prefix: str, depth: int, found: list[tuple[Any, str | None
 
 def find_engine(app: Any, server: Any = None, engineio_path: str | None = None) -> EngineTarget:
     """Locate the server. ``server`` (a socketio or engineio AsyncServer) skips the search for
-    the server; the path is still searched for, else ``engineio_path`` or ``/socket.io/``."""
+    the server; the path is still searched for, else ``engineio_path`` or ``/socket.io/``.
+    An unsupported python-socketio / python-engineio raises
+    :class:`~siomesh.versions.UnsupportedVersionError` first."""
+    check_versions()
     found: list[tuple[Any, str | None]] = []
     _search(app, "", 0, found)
     if server is not None:
