@@ -59,6 +59,8 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
 }
 PLAIN_APP = "siomesh.benchkit.apps.plain:app"
 MESH_APP = "siomesh.benchkit.apps.echo:app"
+#: template marker: the owner-aware config of :mod:`siomesh.owner_routing`
+OWNER = "owner"
 # name -> (app, node count, balancer, template, target host)
 SCENARIOS: dict[str, tuple[str, int, str | None, str | None, str]] = {
     "single": (PLAIN_APP, 1, None, None, "127.0.0.1"),
@@ -69,7 +71,12 @@ SCENARIOS: dict[str, tuple[str, int, str | None, str | None, str]] = {
     "plain-nginx-rr": (PLAIN_APP, 3, "nginx", None, "127.0.0.1"),
     "mesh-nginx-rr": (MESH_APP, 3, "nginx", None, "127.0.0.1"),
     "mesh-haproxy-rr": (MESH_APP, 3, "haproxy", None, "127.0.0.1"),
+    # owner-aware configs (``siomesh balancer``): each request goes to the sid's owner
+    "mesh-nginx-owner": (MESH_APP, 3, "nginx", OWNER, "127.0.0.1"),
+    "mesh-haproxy-owner": (MESH_APP, 3, "haproxy", OWNER, "127.0.0.1"),
 }
+#: Setups behind plain round-robin, whose CPU figure gives the price of a forward (c).
+ROUND_ROBIN = ("mesh-nginx-rr", "mesh-haproxy-rr")
 
 
 @dataclass
@@ -84,6 +91,10 @@ class Cell:
     p50_ms: float
     p99_ms: float
     wall_s: float
+    #: CPU seconds (user + system, every node process, from /proc) per 1,000 round trips
+    cpu_per_1k: float = math.nan
+    #: the nodes' forwarded requests during the workload
+    forwarded: int = 0
     errors: list[str] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -106,13 +117,20 @@ def _run_scenario(
     try:
         if balancer is not None:
             lb = balancers.start_balancer(
-                balancer, cluster.addresses, workdir / f"{name}-lb", template=template
+                balancer,
+                cluster.addresses,
+                workdir / f"{name}-lb",
+                template=None if template == OWNER else template,
+                owner_secret=procs.TEST_SECRET if template == OWNER else None,
             )
             url = lb.url.replace("127.0.0.1", host)
         else:
             url = cluster.nodes[0].url
         cells = []
+        mesh = app == MESH_APP
         for workload in workloads:
+            cpu_before = _cpu(cluster)
+            forwarded_before = cluster.total("forwarded") if mesh else 0
             started = time.monotonic()
             result = asyncio.run(
                 load.run_load(
@@ -126,7 +144,10 @@ def _run_scenario(
                 )
             )
             wall = time.monotonic() - started
-            rps = result.completed_round_trips / result.wall_time if result.wall_time else 0.0
+            cpu = _cpu(cluster) - cpu_before
+            forwarded = cluster.total("forwarded") - forwarded_before if mesh else 0
+            done = result.completed_round_trips
+            rps = done / result.wall_time if result.wall_time else 0.0
             cell = Cell(
                 scenario=name,
                 workload=workload,
@@ -138,11 +159,14 @@ def _run_scenario(
                 p50_ms=result.percentile(0.5) * 1000,
                 p99_ms=result.percentile(0.99) * 1000,
                 wall_s=wall,
+                cpu_per_1k=cpu * 1000 / done if done else math.nan,
+                forwarded=forwarded,
                 errors=result.errors[:3],
             )
             _progress(
                 f"  {name:<22} {workload:<9} ok {cell.ok_sessions}/{clients} "
-                f"{cell.rps:8.0f} rt/s  p50 {cell.p50_ms:6.1f} ms  p99 {cell.p99_ms:6.1f} ms"
+                f"{cell.rps:8.0f} rt/s  p50 {cell.p50_ms:6.1f} ms  p99 {cell.p99_ms:6.1f} ms  "
+                f"cpu {cell.cpu_per_1k:5.2f} s/1k  fwd {forwarded}"
             )
             cells.append(cell)
         return cells
@@ -150,6 +174,12 @@ def _run_scenario(
         if lb is not None:
             lb.stop()
         cluster.stop()
+
+
+def _cpu(cluster: Any) -> float:
+    from .benchkit.sysinfo import cpu_seconds
+
+    return sum(cpu_seconds(node.proc.pid) or 0.0 for node in cluster.nodes)
 
 
 def _ratios(cells: list[Cell]) -> None:
@@ -162,13 +192,27 @@ def _ratios(cells: list[Cell]) -> None:
             "rps": cell.rps / b.rps if b.rps else math.nan,
             "p50": cell.p50_ms / b.p50_ms if b.p50_ms else math.nan,
             "p99": cell.p99_ms / b.p99_ms if b.p99_ms else math.nan,
+            "cpu": cell.cpu_per_1k / b.cpu_per_1k if b.cpu_per_1k else math.nan,
         }
+        if cell.scenario in ROUND_ROBIN and cell.workload == "polling" and cell.round_trips:
+            # CPU per round trip = base * (1 + f * c), f the share of requests forwarded
+            # (2/3 with 3 nodes): c, the CPU a forward adds relative to serving the request
+            share = cell.forwarded / max(1, _requests(cell))
+            extra = cell.ratios["cpu"] - 1
+            cell.ratios["c"] = extra / share if share > 0 else math.nan
+
+
+def _requests(cell: Cell) -> int:
+    """Engine.IO requests a polling workload makes: per round trip, one POST and one GET
+    (the ack comes back on a long-poll), plus the handshake and connect per session."""
+    return 2 * cell.round_trips + 3 * cell.ok_sessions
 
 
 def _table(cells: list[Cell]) -> str:
     head = (
         f"{'scenario':<22} {'workload':<9} {'ok/failed':>10} {'rt/s':>8} {'x':>6} "
-        f"{'p50 ms':>8} {'x':>6} {'p99 ms':>8} {'x':>6}"
+        f"{'p50 ms':>8} {'x':>6} {'p99 ms':>8} {'x':>6} {'cpu s/1k':>9} {'x':>6} "
+        f"{'fwd':>6} {'c':>6}"
     )
     lines = [head, "-" * len(head)]
     for c in cells:
@@ -176,9 +220,16 @@ def _table(cells: list[Cell]) -> str:
         lines.append(
             f"{c.scenario:<22} {c.workload:<9} {f'{c.ok_sessions}/{c.failed_sessions}':>10} "
             f"{c.rps:8.0f} {r.get('rps', math.nan):6.2f} {c.p50_ms:8.1f} "
-            f"{r.get('p50', math.nan):6.2f} {c.p99_ms:8.1f} {r.get('p99', math.nan):6.2f}"
+            f"{r.get('p50', math.nan):6.2f} {c.p99_ms:8.1f} {r.get('p99', math.nan):6.2f} "
+            f"{c.cpu_per_1k:9.2f} {r.get('cpu', math.nan):6.2f} {c.forwarded:6d} "
+            f"{r.get('c', math.nan):6.2f}"
         )
     lines.append(f"x = ratio to {BASELINE} for the same workload, measured in this run")
+    lines.append(
+        "cpu s/1k = CPU seconds of every node process (utime + stime) per 1,000 round trips; "
+        "fwd = requests the nodes forwarded; c = the CPU a forward adds relative to serving "
+        "a request, from the cpu ratio and the share of requests forwarded (rr setups)"
+    )
     return "\n".join(lines)
 
 
@@ -255,6 +306,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_count,
         default=None,
         help="client processes for scale/latency (default: one per 250 clients, at most 8)",
+    )
+    parser.add_argument(
+        "--workloads",
+        default=None,
+        help="roundtrip: comma-separated workloads (polling, upgrade, websocket; default all)",
     )
     parser.add_argument(
         "--only",
@@ -392,6 +448,11 @@ def main(args: argparse.Namespace) -> int:
         if BASELINE not in names:
             names.insert(0, BASELINE)
     workloads = ["polling"] if args.quick else list(WORKLOADS)
+    if getattr(args, "workloads", None):
+        workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        if not set(workloads) <= set(WORKLOADS):
+            print(f"siomesh bench: workloads are {', '.join(WORKLOADS)}", file=sys.stderr)
+            return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []

@@ -207,6 +207,11 @@ class TakeoverConfig:
     window: float = 0.25
     #: Bound on one takeover exchange with the owner; past it the WebSocket is relayed.
     timeout: float = 2.0
+    #: Learn, per client kind (User-Agent), whether sessions that send their first packet by
+    #: polling ever upgrade, and do not hold those of kinds that never do (8 sessions of
+    #: evidence, the last 16 remembered; siomesh.upgrade_forecast): polling-only clients then
+    #: connect without waiting ``window``. False: hold every session.
+    learn: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.window <= 10:

@@ -64,6 +64,7 @@ from .links.frames import FrameType, RequestMeta
 from .links.link import Link, LinkClosed, Stream
 from .links.pool import LinkPool, LinkUnavailable
 from .orphans import take_queued
+from .upgrade_forecast import UpgradeForecast
 
 __all__ = ["TAKEOVER_CALL", "Hold", "Takeover"]
 
@@ -84,12 +85,28 @@ class Hold:
     """A new session's hold (see the module docstring), kept on its socket as
     ``socket.siomesh_hold``."""
 
-    __slots__ = ("buffer", "created", "dispatched", "inner", "phase", "timer")
+    __slots__ = (
+        "agent",
+        "buffer",
+        "created",
+        "dispatched",
+        "inner",
+        "phase",
+        "polled",
+        "skipped",
+        "timer",
+    )
 
     def __init__(self, inner: Callable[[Any], Any], created: float) -> None:
         self.inner = inner
         self.created = created
         self.buffer: deque[Any] = deque()
+        #: whether the client sent a Socket.IO packet by polling while held (so the session's
+        #: outcome, upgraded or not, teaches the forecast about its kind), and its User-Agent
+        self.polled = False
+        self.agent: str | None = None
+        #: not held: its kind never upgrades (siomesh.upgrade_forecast)
+        self.skipped = False
         #: "held" (buffering), "flushing", "open" (settled), "moved" (handed off)
         self.phase = "held"
         #: whether any MESSAGE reached python-socketio: the session is no longer pristine
@@ -150,8 +167,17 @@ class Takeover:
         #: told before a handed-off session is removed (the gossiped directory marks it moved)
         self._on_moved = on_moved
         self.stats = stats
-        for key in ("takeovers", "takeover_fallbacks", "sessions_handed_off", "takeover_lost"):
+        for key in (
+            "takeovers",
+            "takeover_fallbacks",
+            "sessions_handed_off",
+            "takeover_lost",
+            "takeover_holds_skipped",
+            "takeover_mispredicted",
+        ):
             stats.setdefault(key, 0)
+        #: which client kinds upgrade (a session of a kind that never does is not held)
+        self.forecast = UpgradeForecast()
         #: sid -> the member this node handed it to (forward pointers, kept ``pointer_ttl``)
         self.pointers: dict[str, str] = {}
         self._pointer_expiry: deque[tuple[float, str]] = deque()
@@ -183,6 +209,15 @@ class Takeover:
                         # a WebSocket handshake, or the upgrade completed here: settled
                         await self.release(socket)
                         return await self._dispatch(hold, pkt)
+                    if not hold.polled and hold.phase == "held":
+                        hold.polled = True
+                        hold.agent = self._agent(sid)
+                        if self.config.learn and not self.forecast.may_upgrade(hold.agent):
+                            # clients of this kind never upgrade: no window to wait for
+                            hold.skipped = True
+                            self.stats["takeover_holds_skipped"] += 1
+                            await self.release(socket)
+                            return await self._dispatch(hold, pkt)
                     hold.buffer.append(pkt)
                     if hold.phase == "held":
                         if len(hold.buffer) >= MAX_HELD:
@@ -200,8 +235,12 @@ class Takeover:
                     return None
                 return await self._dispatch(hold, pkt)
             result = await hold.inner(pkt)
-            if kind == _UPGRADE and hold.phase == "held":
-                await self.release(socket)  # the transport settled on this node
+            if kind == _UPGRADE:
+                if hold.polled:
+                    self.forecast.record(hold.agent, True)
+                    hold.polled = False  # one outcome per session
+                if hold.phase == "held":
+                    await self.release(socket)  # the transport settled on this node
             return result
 
         socket.receive = held_receive
@@ -211,7 +250,16 @@ class Takeover:
         hold.dispatched = True
         return await hold.inner(pkt)
 
+    def _agent(self, sid: str) -> str | None:
+        environ = self._sio.environ.get(sid) if self._sio is not None else None
+        agent = environ.get("HTTP_USER_AGENT") if isinstance(environ, dict) else None
+        return agent if isinstance(agent, str) else None
+
     def _release_later(self, socket: Any) -> None:
+        hold: Hold | None = getattr(socket, "siomesh_hold", None)
+        if hold is not None and hold.polled and hold.phase == "held":
+            # the window passed with no claim: (so far) a session that did not upgrade
+            self.forecast.record(hold.agent, False)
         task = asyncio.ensure_future(self.release(socket))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -245,6 +293,14 @@ class Takeover:
         if socket is None:
             return "unknown session"
         hold: Hold | None = getattr(socket, "siomesh_hold", None)
+        if hold is not None and hold.dispatched and (hold.polled or hold.skipped):
+            # its WebSocket landed elsewhere after its packets were dispatched: a kind that
+            # does upgrade (a wrong forecast, or a claim later than the window)
+            self.forecast.record(hold.agent, True)
+            hold.polled = False
+            if hold.skipped:
+                self.stats["takeover_mispredicted"] += 1
+                log.debug("siomesh: session %s was not held but upgrades elsewhere", sid)
         if hold is None or not hold.movable:
             return "the session already talks Socket.IO here"
         if socket.closed or socket.closing or socket.upgrading or socket.upgraded:
@@ -255,6 +311,8 @@ class Takeover:
         scope = environ.get("asgi.scope") if isinstance(environ, dict) else None
         if not isinstance(scope, dict):
             return "no handshake environ"
+        if hold.polled:
+            self.forecast.record(hold.agent, True)
         queued = [_encode_packet(pkt) for pkt in take_queued(socket)]
         held = [_encode_packet(p) for p in hold.buffer]
         hold.buffer.clear()

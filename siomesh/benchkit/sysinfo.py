@@ -1,4 +1,5 @@
-"""What a process costs, read from Linux's ``/proc``: resident memory and TCP connections.
+"""What a process costs, read from Linux's ``/proc``: CPU time, resident memory and TCP
+connections.
 
 Nothing here needs psutil or privileges beyond reading one's own processes. On a system
 without ``/proc`` every function answers ``None`` (unknown) rather than a wrong zero.
@@ -12,7 +13,14 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TcpConn", "connections_to", "established", "rss_bytes", "socket_inodes"]
+__all__ = [
+    "TcpConn",
+    "connections_to",
+    "cpu_seconds",
+    "established",
+    "rss_bytes",
+    "socket_inodes",
+]
 
 _PROC = Path("/proc")
 _ESTABLISHED = "01"
@@ -30,6 +38,19 @@ def rss_bytes(pid: int) -> int | None:
             if len(fields) >= 2 and fields[1].isdigit():
                 return int(fields[1]) * 1024
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) process ``pid`` has used, from /proc; None when it is gone or
+    there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after "pid (comm)": state is field 3, utime and stime are fields 14 and 15 (1-based)
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def socket_inodes(pid: int) -> set[int] | None:
