@@ -240,6 +240,7 @@ class MeshNode:
             node_tag=self.node_tag + self.generation_tag,
             links=self.links,
             make_pid=self.make_sid,
+            keys=self.keys,
             owner_of=self._owner_of_tag,
             live_peers=lambda: self.cluster.live_peers(),
             leaving_peers=self._leaving_peers,

@@ -24,15 +24,31 @@ How siomesh serves it without a broker:
 * **A session that ends without a clean close** (transport error or close, ping timeout) is
   kept by its owner: pid, sid, namespace, rooms, session data, for ``max_disconnection``
   seconds (at most ``max_sessions``); the app's ``disconnect`` handler runs as usual.
-* **The node the client comes back to** asks the pid's owner (its tag says which; a drained
-  owner's adopter otherwise) for the session and the events after the client's offset, in the
-  owner's order. It restores the sid, the session data and the rooms, runs the app's
+* **The node the client comes back to** first checks the pid where it stands: a pid is a sid
+  made by :func:`~siomesh.sid.make_sid`, so one whose MAC does not verify under the cluster
+  secret (forged, random) is an ordinary new connection at once, with no call to any peer
+  (``recovery_forged_pids``); so is an offset that is not shaped like one. A genuine pid names
+  its *home*, the member that minted it (its node tag); the home keeps the session, or knows
+  where it went (a pointer: the node a recovery handed it to, or the peer that adopted it on
+  drain). The node asks the home, and only the home: **one call to one peer** (none when it is
+  the home itself, or holds the session or a pointer to it). The home answers from its own
+  keeping or forwards the call along its pointer (at most :data:`MAX_FORWARDS` calls), and
+  records where the session goes. A home that is gone (drained, restarted under a new
+  generation) is stood in for by its *successor*, the peer it handed its sessions and pointers
+  to on drain, which every member computes the same way (rendezvous hashing over the members,
+  :func:`successors`). The holder checks the offset (and the namespace) *before* it gives the
+  session away: a wrong one leaves the session kept (``recovery_refused``). The holder gives
+  the session, with the events after the client's offset, in the holder's order. The node
+  restores the sid, the session data and the rooms, runs the app's
   ``connect`` handler with ``environ["siomesh.recovered"] = True``, answers CONNECT with the
   same pid, then sends the missed events, then the events it logged itself that the owner
   never saw (sent to the room while the two were apart), then live traffic, skipping any
   offset already sent. Nothing is lost or sent twice at the seams.
-* **On drain** a node hands its kept sessions and its log to a peer (``recovery.adopt``),
-  so clients of a restarted node recover too.
+* **On drain** a node hands its kept sessions, its log and its pointers to its successor
+  (``recovery.adopt``), so clients of a restarted node recover too. A call for a session
+  being handed over waits for the hand-off (then follows it); a call for a session still
+  connected here (its client came back before its old transport was seen to close) waits up
+  to :data:`HANDOFF_WAIT` for it to be kept.
 * A recovery that cannot happen (unknown or expired pid, the offset no longer logged, the
   holder gone) is an ordinary new connection, as in Node.
 
@@ -43,9 +59,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -59,8 +77,9 @@ from .config import RecoveryConfig
 from .links.frames import FrameType
 from .links.link import Link, LinkClosed, Stream
 from .links.pool import LinkPool, LinkUnavailable
+from .sid import SidKeys, parse_sid
 
-__all__ = ["ADOPT_CALL", "FETCH_CALL", "Recovery"]
+__all__ = ["ADOPT_CALL", "FETCH_CALL", "MAX_FORWARDS", "Recovery", "successors"]
 
 log = logging.getLogger("siomesh.recovery")
 
@@ -74,8 +93,17 @@ RECOVERABLE = frozenset({"transport error", "transport close", "ping timeout"})
 DEDUPE_SECONDS = 5.0
 #: extra window (seconds) over which two nodes' logs are compared for events one never saw
 SKEW = 5.0
-#: how long a recovery that found its session nowhere waits for a drain's hand-off, once
+#: how long a holder waits for a session whose pid is asked for while it is still connected
+#: (its client came back before its old transport was seen to close) to be kept
 HANDOFF_WAIT = 0.3
+#: the most calls a home makes to find a session it no longer holds (its pointer, a drained
+#: holder's adopter, a restarted holder's successor)
+MAX_FORWARDS = 3
+#: what a holder answers when it keeps the session but the offset or namespace is wrong: the
+#: session stays kept (never a member URL)
+REFUSED = "\x00refused"
+#: an offset as :meth:`Recovery.new_offset` makes them: ``<tag>.<hex counter>``
+_OFFSET = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9a-f]{1,16}")
 
 
 @dataclass
@@ -194,9 +222,13 @@ class Kept:
 class Recovery:
     """See the module docstring. ``sio`` is the node's python-socketio server; ``node_tag``
     prefixes offsets (it must differ between nodes and between starts of one node);
-    ``make_pid`` makes self-routing private ids; ``owner_of(pid)`` names the member that
+    ``make_pid`` makes self-routing private ids (the node's ``make_sid``: the first 8
+    characters name this node and this process); ``owner_of(pid)`` names the member that
     minted a pid; ``live_peers()`` lists the other live members and
-    ``leaving_peers()`` those that announced they leave (a draining node still answers)."""
+    ``leaving_peers()`` those that announced they leave (a draining node still answers).
+    ``keys``: the cluster's sid keys, to verify pids; by default those of the object whose
+    method ``make_pid`` is (the node), else a pid counts as genuine only when ``owner_of``
+    names a member for it."""
 
     def __init__(
         self,
@@ -212,6 +244,7 @@ class Recovery:
         leaving_peers: Callable[[], list[str]],
         stats: dict[str, int],
         call_timeout: float,
+        keys: SidKeys | None = None,
     ) -> None:
         self.config = config
         self.enabled = config.enabled and sio is not None
@@ -232,16 +265,32 @@ class Recovery:
             "recovery_replayed",
             "recovery_expired",
             "recovery_handed_off",
+            "recovery_forged_pids",
+            "recovery_refused",
+            "recovery_fetches_sent",
         ):
             stats.setdefault(key, 0)
+        if keys is None:
+            found = getattr(getattr(make_pid, "__self__", None), "keys", None)
+            keys = found if isinstance(found, SidKeys) else None
+        self._keys = keys
+        #: the first 8 characters of the pids this process makes (node tag, generation tag)
+        self._minted: str | None = None
         self._counter = itertools.count(1)
         self.log = Log(config.max_log, config.max_disconnection + SKEW)
         #: pid per connected Socket.IO sid (namespace-qualified)
         self.pids: dict[tuple[str, str], str] = {}
         #: sessions kept for recovery, oldest first
         self.kept: OrderedDict[str, Kept] = OrderedDict()
-        #: pids handed to another member on drain: pid -> that member
-        self.adopters: dict[str, str] = {}
+        #: pointers, oldest first: pid -> the member its session went to (a recovery there, a
+        #: hand-off on drain, or handed here with a drained home's own pointers); bounded
+        self.adopters: OrderedDict[str, str] = OrderedDict()
+        self.max_pointers = 2 * config.max_sessions
+        #: sessions being handed to a peer right now (drain), and the end of that hand-off
+        self._handing: dict[str, Kept] = {}
+        self._handed: asyncio.Event | None = None
+        #: pid -> its connected session (the reverse of ``pids``)
+        self._live: dict[str, tuple[str, str]] = {}
         #: restored sessions connected here: what the restore sent (a log of its own, the
         #: offsets the client had seen first) and this node's log position at the restore
         self.restored: dict[tuple[str, str], tuple[Log, int]] = {}
@@ -281,7 +330,8 @@ class Recovery:
                 key = (pkt.namespace or "/", pkt.data["sid"])
                 pid = self.pids.get(key)
                 if pid is None:
-                    pid = self.pids[key] = self._make_pid()
+                    pid = self._make_pid()
+                    self._bind(key, pid)
                 pkt.data = {**pkt.data, "pid": pid}
             await send_packet(eio_sid, pkt)
 
@@ -306,13 +356,23 @@ class Recovery:
         sio._handle_connect = _handle_connect
         sio._handle_disconnect = _handle_disconnect
 
+    def _bind(self, key: tuple[str, str], pid: str) -> None:
+        self.pids[key] = pid
+        self._live[pid] = key
+
+    def _unbind(self, key: tuple[str, str]) -> str | None:
+        pid = self.pids.pop(key, None)
+        if pid is not None and self._live.get(pid) == key:
+            del self._live[pid]
+        return pid
+
     def _keep(self, eio_sid: str, namespace: str, reason: Any) -> None:
         sio = self._sio
         manager = sio.manager
         sid = manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None:
             return
-        pid = self.pids.pop((namespace, sid), None)
+        pid = self._unbind((namespace, sid))
         restored = self.restored.pop((namespace, sid), None)
         if pid is None or not manager.is_connected(sid, namespace):
             return
@@ -352,13 +412,27 @@ class Recovery:
         socket = sio.eio.sockets.get(eio_sid)
         if socket is None:
             return
+        pid, offset = str(data["pid"]), str(data["offset"])
+        if not self.genuine(pid):
+            # forged or random: no member kept it, and nobody is asked (attacker-driven: no
+            # log line above DEBUG)
+            self.stats["recovery_forged_pids"] += 1
+            log.debug("siomesh: recovery with a pid that does not verify: a new session")
+            await handle_connect(eio_sid, namespace, data)
+            return
+        if not _OFFSET.fullmatch(offset):
+            self.stats["recovery_refused"] += 1
+            self.stats["recovery_misses"] += 1
+            log.debug("siomesh: recovery of %s with a malformed offset: a new session", pid)
+            await handle_connect(eio_sid, namespace, data)
+            return
         # Live packets for this client wait until the missed ones are queued (see _restore).
         gate = _Gate(socket)
         asked = self._loop_time()
         try:
-            state = await self._fetch(str(data["pid"]), str(data["offset"]))
+            state = await self._fetch(pid, offset, namespace)
         except Exception as exc:  # a holder's bad answer: an ordinary connection
-            log.warning("siomesh: recovery of %s failed: %r", data.get("pid"), exc)
+            log.warning("siomesh: recovery of %s failed: %r", pid, exc)
             state = None
         if eio_sid not in sio.environ or socket.closed:
             # the client left while its session was fetched: keep what was fetched for its
@@ -377,7 +451,7 @@ class Recovery:
         environ = sio.environ.get(eio_sid)
         if isinstance(environ, dict):
             environ["siomesh.recovered"] = True
-        self.pids[(namespace, sid)] = str(data["pid"])
+        self._bind((namespace, sid), str(data["pid"]))
         eio = sio.eio
         generate = eio.generate_id
         eio.generate_id = _once(sid, generate)  # python-socketio takes the sid from here
@@ -388,7 +462,7 @@ class Recovery:
         manager = sio.manager
         if not manager.is_connected(sid, namespace):
             gate.open([])  # the app refused the connection
-            self.pids.pop((namespace, sid), None)
+            self._unbind((namespace, sid))
             return
         # From here to gate.open: no await, so nothing can slip between.
         rooms = [r for r in state["rooms"] if isinstance(r, str)]
@@ -442,61 +516,181 @@ class Recovery:
             log.add(Entry(*_fields(entry), at=now))
         return log
 
-    async def _fetch(self, pid: str, offset: str) -> dict[str, Any] | None:
+    # -- finding a kept session ----------------------------------------------------------------
+
+    def genuine(self, pid: str) -> bool:
+        """Whether ``pid`` can have been made by a member: its MAC verifies under the cluster's
+        keys. Checked before anything else, with no I/O: a forged pid costs no call."""
+        if self._keys is not None:
+            return parse_sid(self._keys, pid) is not None
+        return self._owner_of(pid) is not None
+
+    def _minted_here(self, pid: str) -> bool:
+        """Whether this process (not an earlier one under this URL) made ``pid``."""
+        if self._minted is None:
+            self._minted = self._make_pid()[:8]
+        return pid[:8] == self._minted
+
+    def _reachable(self) -> list[str]:
+        """Members that answer calls: the live ones and those leaving (draining)."""
+        return [*self._live_peers(), *self._leaving_peers()]
+
+    def successor(self, url: str) -> str | None:
+        """The member that stands in for ``url`` once it is gone: the first of
+        :func:`successors` among the members that answer and this node; None if that is
+        this node (or there is none)."""
+        ranked = successors(url, [*self._reachable(), self._url])
+        if not ranked or ranked[0] == self._url:
+            return None
+        return ranked[0]
+
+    def _home_of(self, pid: str) -> str | None:
+        """The one member to ask for genuine ``pid`` (not held here): the member that minted
+        it, or its successor when it is gone; None when nobody else can hold it."""
+        home = self._owner_of(pid)
+        if home is None:
+            return None
+        if home == self._url:
+            if self._minted_here(pid):
+                return None  # this process minted it and holds nothing: nobody does
+            return self.successor(home)  # an earlier process under this URL: its successor
+        if home in self._reachable():
+            return home
+        return self.successor(home)
+
+    def _point(self, pid: str, url: str) -> None:
+        """Remember that ``pid``'s session went to ``url`` (bounded: the oldest goes)."""
+        if url == self._url:
+            self.adopters.pop(pid, None)
+            return
+        self.adopters[pid] = url
+        self.adopters.move_to_end(pid)
+        while len(self.adopters) > self.max_pointers:
+            self.adopters.popitem(last=False)
+
+    async def _fetch(self, pid: str, offset: str, namespace: str) -> dict[str, Any] | None:
         """The kept session ``pid`` and what its client missed after ``offset``, from
-        wherever it is kept; None when nobody can restore it."""
-        local = self.take(pid, offset)
+        wherever it is kept; None when nobody can restore it. ``pid`` is genuine. At most one
+        call to one peer, unless this node is the pid's home (or stands in for it) and
+        follows its own pointer."""
+        local = await self._take_here(pid, offset, namespace)
         if isinstance(local, dict):
             return local
-        owner = self._owner_of(pid)
-        asked: set[str] = {self._url}
+        if local == REFUSED:
+            return None
         if isinstance(local, str):
-            owner = local  # handed to that member on drain
-        if owner is not None and owner not in asked:
-            asked.add(owner)
-            answer = await self._ask(owner, pid, offset)
+            # this node knows where the session went: ask there (and follow, bounded)
+            state = await self._chase(pid, offset, namespace, local, {self._url})
+            if state is not None:
+                self.adopters.pop(pid, None)  # it is here now
+            return state
+        home = self._home_of(pid)
+        if home is None:
+            return None
+        answer = await self._ask(home, pid, offset, namespace, forwarded=False)
+        if isinstance(answer, str) and answer not in (REFUSED, self._url, home):
+            # a peer of an earlier version points instead of forwarding: follow once
+            answer = await self._ask(answer, pid, offset, namespace, forwarded=True)
+        return answer if isinstance(answer, dict) else None
+
+    async def _take_here(
+        self, pid: str, offset: str, namespace: str | None
+    ) -> dict[str, Any] | str | None:
+        """:meth:`take`, once a hand-off of ``pid`` in flight has ended, or once ``pid``'s
+        session, still connected here, is kept (at most :data:`HANDOFF_WAIT`)."""
+        if pid in self._handing and self._handed is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._handed.wait(), self._timeout)
+        elif pid in self._live and pid not in self.kept:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + HANDOFF_WAIT
+            while pid in self._live and pid not in self.kept and loop.time() < until:
+                await asyncio.sleep(0.01)
+        return self.take(pid, offset, namespace)
+
+    async def _serve_home(
+        self, pid: str, offset: str, namespace: str | None, requester: str
+    ) -> dict[str, Any] | str | None:
+        """A peer asks this node, ``pid``'s home (or its stand-in), for the session: give it,
+        or fetch it along the pointer; then point to ``requester``. Never a pointer back."""
+        local = await self._take_here(pid, offset, namespace)
+        if isinstance(local, dict):
+            self._point(pid, requester)
+            return local
+        if local == REFUSED:
+            return local
+        first = local
+        if first is None:
+            if self._owner_of(pid) != self._url or self._minted_here(pid):
+                return None
+            first = self.successor(self._url)  # an earlier process under this URL's
+        state = await self._chase(pid, offset, namespace, first, {self._url, requester})
+        if isinstance(state, dict):
+            self._point(pid, requester)
+        return state
+
+    async def _chase(
+        self,
+        pid: str,
+        offset: str,
+        namespace: str | None,
+        target: str | None,
+        visited: set[str],
+    ) -> dict[str, Any] | None:
+        """Follow pointers from ``target`` (at most :data:`MAX_FORWARDS` calls, within one
+        ``call_timeout``): a holder that is gone, or knows nothing of ``pid`` (it may have
+        restarted), is stood in for by its successor, once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout / 2
+        stood_in = False
+        for _ in range(MAX_FORWARDS):
+            if target is None or target in visited:
+                return None
+            if target not in self._reachable():
+                target = self.successor(target)
+                if target is None or target in visited:
+                    return None
+            visited.add(target)
+            answer = await self._ask(
+                target, pid, offset, namespace, forwarded=True,
+                timeout=max(0.05, deadline - loop.time()),
+            )  # fmt: skip
             if isinstance(answer, dict):
                 return answer
-            if isinstance(answer, str) and answer not in asked:
-                asked.add(answer)
-                moved = await self._ask(answer, pid, offset)
-                if isinstance(moved, dict):
-                    return moved
-        # Anyone else: a node that is draining right now (no longer a live member, still
-        # serving) or the peer it is handing its sessions to. A hand-off in flight is waited
-        # for once.
-        for attempt in range(2):
-            candidates = [*self._live_peers(), *self._leaving_peers()]
-            others = [p for p in candidates if p not in asked]
-            if attempt:
-                await asyncio.sleep(HANDOFF_WAIT)
-                candidates = [*self._live_peers(), *self._leaving_peers()]
-                others = [p for p in candidates if p != self._url]
-                local = self.take(pid, offset)
-                if isinstance(local, dict):
-                    return local
-            answers = await asyncio.gather(*(self._ask(p, pid, offset) for p in others))
-            for answer in answers:
-                if isinstance(answer, dict):
-                    return answer
-            for answer in answers:
-                if isinstance(answer, str) and answer not in asked:
-                    asked.add(answer)
-                    moved = await self._ask(answer, pid, offset)
-                    if isinstance(moved, dict):
-                        return moved
+            if answer == REFUSED:
+                return None
+            if answer is None:
+                if stood_in:
+                    return None
+                stood_in = True
+                answer = self.successor(target)
+            target = answer
         return None
 
-    async def _ask(self, peer: str, pid: str, offset: str) -> dict[str, Any] | str | None:
-        """Ask ``peer`` for ``pid``: the state, the member it was handed to, or None."""
+    async def _ask(
+        self,
+        peer: str,
+        pid: str,
+        offset: str,
+        namespace: str | None,
+        *,
+        forwarded: bool,
+        timeout: float | None = None,
+    ) -> dict[str, Any] | str | None:
+        """Ask ``peer`` for ``pid``: the state, the member it went to, :data:`REFUSED`, or
+        None. ``forwarded``: answer from what ``peer`` holds, without asking further."""
+        request: dict[str, Any] = {"pid": pid, "offset": offset, "namespace": namespace}
+        if forwarded:
+            request["forwarded"] = True
         try:
             link = await self._links.get(peer, "control")
             stream = link.open_stream()
             try:
-                body = FETCH_CALL + b"," + json.dumps({"pid": pid, "offset": offset}).encode()[1:]
+                body = FETCH_CALL + b"," + json.dumps(request).encode()[1:]
                 if not stream.send(FrameType.CALL, body):
                     return None
-                kind, payload = await stream.next(self._timeout)
+                self.stats["recovery_fetches_sent"] += 1
+                kind, payload = await stream.next(self._timeout if timeout is None else timeout)
             finally:
                 stream.close()
         except (LinkUnavailable, LinkClosed, asyncio.TimeoutError):
@@ -506,6 +700,8 @@ class Recovery:
         answer = json.loads(payload[1:])
         if not isinstance(answer, dict):
             return None
+        if answer.get("refused"):
+            return REFUSED
         if "adopter" in answer:
             return str(answer["adopter"])
         if "state" not in answer:
@@ -515,21 +711,31 @@ class Recovery:
         raw["missed"] = [Entry.from_wire(e, now) for e in raw["missed"]]
         return dict(raw)
 
-    def take(self, pid: str, offset: str) -> dict[str, Any] | str | None:
+    def take(
+        self, pid: str, offset: str, namespace: str | None = None
+    ) -> dict[str, Any] | str | None:
         """Remove kept session ``pid`` and return its state with the events missed after
-        ``offset`` (:class:`Entry` objects); the member it was handed to; or None."""
+        ``offset`` (:class:`Entry` objects); the member it went to; or None. When the session
+        is kept here but ``offset`` is not in its log (or ``namespace`` is not its own):
+        :data:`REFUSED`, and the session stays kept: a wrong guess destroys nothing."""
         now = self._loop_time()
         self._prune(now)
         kept = self.kept.get(pid)
         if kept is None:
             return self.adopters.get(pid)
+        if namespace is not None and namespace != kept.namespace:
+            self.stats["recovery_refused"] += 1
+            log.debug("siomesh: recovery of %s in another namespace: refused", pid)
+            return REFUSED
         entries = self._entries_of(kept)
         position = next((i for i, e in enumerate(entries) if e.offset == offset), None)
-        del self.kept[pid]
         if position is None:
-            # the client's offset is older than the log (or unknown): cannot restore
-            self.stats["recovery_expired"] += 1
-            return None
+            # not an offset this session's log holds (a guess, or older than the log):
+            # refused; the session stays kept for a request with the right one
+            self.stats["recovery_refused"] += 1
+            log.debug("siomesh: recovery of %s with an offset not in its log: refused", pid)
+            return REFUSED
+        del self.kept[pid]
         rooms = frozenset(kept.rooms)
         missed = [e for e in entries[position + 1 :] if e.reaches(kept.namespace, kept.sid, rooms)]
         # offsets the client saw recently, or will get from ``missed``: the restoring node
@@ -572,7 +778,7 @@ class Recovery:
             return
         try:
             if op == "recovery.fetch":
-                reply = self._serve_fetch(request)
+                reply = await self._serve_fetch(request, link.peer)
             elif op == "recovery.adopt":
                 reply = self._adopt(request, link.peer)
             else:
@@ -582,11 +788,22 @@ class Recovery:
             return
         stream.send(FrameType.REPLY, b"\x00" + json.dumps(reply).encode())
 
-    def _serve_fetch(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _serve_fetch(self, request: dict[str, Any], peer: str) -> dict[str, Any]:
         pid, offset = request["pid"], request["offset"]
+        namespace = request.get("namespace")
         if not isinstance(pid, str) or not isinstance(offset, str):
             raise WireError("pid and offset must be strings")
-        state = self.take(pid, offset)
+        if namespace is not None and not isinstance(namespace, str):
+            raise WireError("namespace must be a string")
+        if not self.genuine(pid):
+            return {}
+        if request.get("forwarded"):
+            # a home (or its stand-in) asks: answer from what is here
+            state = await self._take_here(pid, offset, namespace)
+        else:
+            state = await self._serve_home(pid, offset, namespace, peer)
+        if state == REFUSED:
+            return {"refused": True}
         if isinstance(state, str):
             return {"adopter": state}
         if state is None:
@@ -596,6 +813,7 @@ class Recovery:
         except (TypeError, ValueError):
             log.warning("siomesh: session data of %s is not JSON: recovered without it", pid)
             state["data"] = None
+        state = dict(state)
         state["missed"] = [e.to_wire() for e in state["missed"]]
         return {"state": state}
 
@@ -617,24 +835,67 @@ class Recovery:
                 )  # fmt: skip
                 self.adopters.pop(pid, None)
                 count += 1
-        log.warning(
-            "siomesh: adopted %d sessions (and %d logged events) of %s for recovery",
-            count,
-            events,
-            origin,
-        )
+        # the drained node's pointers: this node now answers for its pids
+        pointers = request.get("pointers", [])
+        if not isinstance(pointers, list):
+            raise WireError("malformed pointers")
+        for raw in pointers:
+            if not (
+                isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw)
+            ):
+                raise WireError("malformed pointer")
+            pid, url = raw
+            if pid not in self.kept and url != origin:
+                self._point(pid, url)
+        if count or events:
+            log.warning(
+                "siomesh: adopted %d sessions (and %d logged events) of %s for recovery",
+                count,
+                events,
+                origin,
+            )
         return {"adopted": count}
 
     async def hand_off(self) -> int:
-        """Give every kept session and the log to a live peer (drain); the number handed."""
-        if not self.enabled or not self.kept:
+        """Give every kept session, the log and the pointers to a live peer (drain): the
+        first of :func:`successors` of this node that accepts. The number of sessions handed.
+        Calls for the sessions being handed meanwhile wait for the outcome."""
+        if not self.enabled or not (self.kept or self.adopters):
             return 0
         now = self._loop_time()
         self._prune(now)
+        handing = dict(self.kept)
+        self.kept.clear()
+        self._handing.update(handing)
+        done = self._handed = asyncio.Event()
+        try:
+            peer = await self._hand(handing, now)
+        finally:
+            for pid in handing:
+                self._handing.pop(pid, None)
+            done.set()
+        if peer is None:
+            if handing:
+                log.warning(
+                    "siomesh: no peer adopted the %d sessions kept for recovery", len(handing)
+                )
+            # still here: kept as before, oldest first (those kept meanwhile are newer)
+            meanwhile = list(self.kept.items())
+            self.kept.clear()
+            self.kept.update(handing)
+            self.kept.update(meanwhile)
+            return 0
+        for pid in handing:
+            self._point(pid, peer)
+        self.stats["recovery_handed_off"] += len(handing)
+        return len(handing)
+
+    async def _hand(self, handing: dict[str, Kept], now: float) -> str | None:
+        """Send ``handing`` and the pointers to the first peer that takes them; that peer."""
         # sessions grouped by the log their missed events come from: this node's own, or
         # one it adopted from a node drained earlier
         groups: dict[int, tuple[Kept, list[list[Any]]]] = {}
-        for kept in self.kept.values():
+        for kept in handing.values():
             try:
                 json.dumps(kept.data)
                 data = kept.data
@@ -644,22 +905,17 @@ class Recovery:
             group[1].append(
                 [kept.pid, kept.sid, kept.namespace, kept.rooms, data, kept.until - now]
             )
-        body = (
-            ADOPT_CALL
-            + b","
-            + json.dumps(
-                {
-                    "groups": [
-                        {
-                            "log": [e.to_wire() for e in self._entries_of(first)],
-                            "sessions": sessions,
-                        }
-                        for first, sessions in groups.values()
-                    ]
-                }
-            ).encode()[1:]
-        )
-        for peer in self._live_peers():
+        groups_wire = [
+            {"log": [e.to_wire() for e in self._entries_of(first)], "sessions": sessions}
+            for first, sessions in groups.values()
+        ]
+        for peer in successors(self._url, self._live_peers()):
+            pointers = [[pid, url] for pid, url in self.adopters.items() if url != peer]
+            body = (
+                ADOPT_CALL
+                + b","
+                + json.dumps({"groups": groups_wire, "pointers": pointers}).encode()[1:]
+            )
             try:
                 link = await self._links.get(peer, "control")
                 stream = link.open_stream()
@@ -672,14 +928,8 @@ class Recovery:
             except (LinkUnavailable, LinkClosed, asyncio.TimeoutError):
                 continue
             if kind is FrameType.REPLY and payload[:1] == b"\x00":
-                for pid in self.kept:
-                    self.adopters[pid] = peer
-                handed = len(self.kept)
-                self.kept.clear()
-                self.stats["recovery_handed_off"] += handed
-                return handed
-        log.warning("siomesh: no peer adopted the %d sessions kept for recovery", len(self.kept))
-        return 0
+                return peer
+        return None
 
     def sizes(self) -> dict[str, int]:
         """What recovery holds now (status and metrics)."""
@@ -688,6 +938,18 @@ class Recovery:
             "recovery_log_events": len(self.log.entries),
             "recovery_log_bytes": self.log.bytes,
         }
+
+
+def successors(url: str, members: Iterable[str]) -> list[str]:
+    """``members`` but ``url``, best first, to stand in for ``url`` (rendezvous hashing):
+    every node ranks the same members the same way, and a member that goes changes nobody
+    else's rank. A draining node hands its sessions to the first that accepts; a node that
+    finds the member it would ask gone asks the first of the others."""
+    return sorted(
+        {m for m in members if m != url},
+        key=lambda m: hashlib.sha256(f"{url}\n{m}".encode()).digest(),
+        reverse=True,
+    )
 
 
 def _fields(entry: Entry) -> tuple[str, str, Any, tuple[Any, ...], str, list[Any]]:

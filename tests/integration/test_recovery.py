@@ -13,9 +13,12 @@ client recovers each time its node goes, and nothing is missed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from tests.e2e import NODE_DIR, node_client
 from tests.harness.balancers import Balancer, start_balancer
 from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
+from tests.harness.procs import MeshCluster, start_mesh
 
 ENV = {"SIOMESH_GOSSIP_PRESET": "local", "SIOMESH_RECOVERY_ENABLED": "1"}
 
@@ -162,3 +166,221 @@ async def test_a_rolling_restart_loses_no_broadcast_and_every_client_recovers(
     _check_everyone(result)
     assert all(c["connects"] >= 2 for c in result["per"])  # everybody's node went at least once
     assert cluster.stats("recovery_misses") == 0
+
+
+# -- abuse (issue 18): forged pids cost nothing, a wrong offset destroys nothing --------------
+#
+# Raw Socket.IO over a WebSocket, straight to one node (no balancer): the test picks which
+# node keeps a session and which one is asked to recover it, and reads the CONNECT answer's
+# ``pid`` (python-socketio's client does not expose it).
+
+
+class RawClient:
+    """One Engine.IO v4 WebSocket session to one node, speaking Socket.IO packets by hand."""
+
+    def __init__(self, ws: Any, connected: dict[str, Any], connect_s: float) -> None:
+        self.ws = ws
+        #: the CONNECT answer: ``{"sid": ..., "pid": ...}``
+        self.connected = connected
+        #: seconds from sending CONNECT to its answer
+        self.connect_s = connect_s
+        self.events: list[list[Any]] = []
+        self._acks = 0
+
+    @classmethod
+    async def open(cls, url: str, auth: dict[str, Any] | None = None) -> RawClient:
+        from websockets.asyncio.client import connect
+
+        ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        ws = await connect(ws_url, open_timeout=10, max_size=None)
+        opened = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(opened, str) and opened.startswith("0"), opened
+        started = time.perf_counter()
+        await ws.send("40" + (json.dumps(auth) if auth is not None else ""))
+        client = cls(ws, {}, 0.0)
+        while True:
+            message = await client._next()
+            if message.startswith("40"):
+                client.connect_s = time.perf_counter() - started
+                client.connected = json.loads(message[2:])
+                return client
+            assert not message.startswith("44"), message  # CONNECT_ERROR
+
+    @property
+    def sid(self) -> str:
+        return str(self.connected["sid"])
+
+    @property
+    def pid(self) -> str:
+        return str(self.connected["pid"])
+
+    async def _next(self) -> str:
+        while True:
+            message = await asyncio.wait_for(self.ws.recv(), 10)
+            assert isinstance(message, str), message
+            if message == "2":  # ping
+                await self.ws.send("3")
+                continue
+            if message.startswith("42"):
+                self.events.append(json.loads(message[2:]))
+                continue
+            return message
+
+    async def call(self, *args: Any) -> Any:
+        """Emit an event with an ack id; return the ack's arguments."""
+        self._acks += 1
+        ack_id = self._acks
+        await self.ws.send(f"42{ack_id}" + json.dumps(list(args)))
+        while True:
+            message = await self._next()
+            if message.startswith(f"43{ack_id}["):
+                return json.loads(message[2 + len(str(ack_id)) :])
+
+    async def wait_event(self, name: str, predicate: Any = None) -> list[Any]:
+        for _ in range(200):
+            for event in self.events:
+                if event[0] == name and (predicate is None or predicate(event)):
+                    return event
+            with contextlib.suppress(asyncio.TimeoutError):
+                message = await asyncio.wait_for(self._next(), 0.05)
+                raise AssertionError(f"unexpected packet {message!r}")
+        raise AssertionError(f"no {name!r} event: {self.events}")
+
+    async def cut(self) -> None:
+        """Close the transport with no Socket.IO goodbye: the node keeps the session."""
+        await self.ws.close()
+
+    async def leave(self) -> None:
+        """A clean Socket.IO disconnect: nothing is kept."""
+        await self.ws.send("41")
+        await self.ws.close()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
+    cluster = start_mesh(3, tmp_path_factory.mktemp("recovery-abuse"), env=ENV)
+    try:
+        # wait until every node links to every other (the first recovery call would
+        # otherwise pay for a link handshake)
+        for _ in range(100):
+            if all(len(cluster.status(n)["links"]) >= 2 for n in cluster.nodes):
+                break
+            time.sleep(0.1)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _sums(mesh: MeshCluster, key: str) -> int:
+    return sum(mesh.stats(key).values())
+
+
+async def _wait_stat(mesh: MeshCluster, key: str, at_least: int) -> None:
+    for _ in range(200):
+        if _sums(mesh, key) >= at_least:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} stayed below {at_least}: {mesh.stats(key)}")
+
+
+def _forged_pids(count: int, genuine: list[str]) -> list[str]:
+    """pids a client could send: a member's pid with another MAC (it names that member),
+    random sids of the right shape, and junk."""
+    out = []
+    for i in range(count):
+        if i % 3 == 0:
+            real = genuine[i % len(genuine)]
+            out.append(real[:-1] + ("A" if real[-1] != "A" else "B"))
+        elif i % 3 == 1:
+            out.append(base64.urlsafe_b64encode(secrets.token_bytes(21)).decode())
+        else:
+            out.append(secrets.token_urlsafe(8 + i))
+    return out
+
+
+async def test_a_forged_pid_is_answered_at_once_without_asking_any_peer(
+    mesh: MeshCluster,
+) -> None:
+    """No recovery call at all (not one link frame for it), whatever the forged pid names; the
+    client gets a new session at once."""
+    url = mesh.nodes[0].url
+    tries = 30
+    plain = [(await RawClient.open(n.url)) for n in mesh.nodes for _ in range(2)]
+    for client in plain:
+        await client.leave()
+    forged = _sums(mesh, "recovery_forged_pids")
+    before_fetches = _sums(mesh, "recovery_fetches_sent")
+    before_frames = mesh.stats("link_frames_sent")
+    started = time.perf_counter()
+    latencies = []
+    for pid in _forged_pids(tries, [c.pid for c in plain]):
+        client = await RawClient.open(url, {"pid": pid, "offset": "AAAAAAAA.1"})
+        assert client.pid != pid  # a fresh session, as python-socketio gives for an unknown pid
+        latencies.append(client.connect_s)
+        await client.leave()
+    elapsed = time.perf_counter() - started
+    frames = {u: n - before_frames[u] for u, n in mesh.stats("link_frames_sent").items()}
+    latencies.sort()
+    median = latencies[len(latencies) // 2]
+    plain_median = sorted(c.connect_s for c in plain)[len(plain) // 2]
+    print(
+        f"forged pids: {tries} CONNECTs in {elapsed * 1000:.0f} ms; CONNECT answered in "
+        f"{median * 1000:.2f} ms median, {latencies[-1] * 1000:.2f} ms max (a plain CONNECT: "
+        f"{plain_median * 1000:.2f} ms); link frames sent meanwhile (gossip included): {frames}"
+    )
+    assert _sums(mesh, "recovery_forged_pids") == forged + tries
+    assert _sums(mesh, "recovery_fetches_sent") == before_fetches  # no call, to any peer
+    # generous: the old cost was a 300 ms wait plus two rounds of calls to every peer
+    assert median < 0.1, latencies
+
+
+async def test_a_genuine_pid_with_no_session_costs_one_call_to_one_peer(
+    mesh: MeshCluster,
+) -> None:
+    owner, asked = mesh.nodes[1].url, mesh.nodes[0].url
+    gone = await RawClient.open(owner)
+    await gone.leave()  # a clean disconnect: nothing kept
+    before = mesh.stats("recovery_fetches_sent")
+    client = await RawClient.open(asked, {"pid": gone.pid, "offset": "AAAAAAAA.1"})
+    assert client.sid != gone.sid
+    await client.leave()
+    after = mesh.stats("recovery_fetches_sent")
+    sent = {u: after[u] - before[u] for u in after}
+    assert sent == {u: (1 if u == asked else 0) for u in after}, sent
+
+
+async def test_a_wrong_offset_leaves_the_session_recoverable(mesh: MeshCluster) -> None:
+    a, b, c = (n.url for n in mesh.nodes)
+    room = f"abuse-{secrets.token_hex(4)}"
+    victim = await RawClient.open(a)
+    other = await RawClient.open(b)
+    assert await victim.call("join", room) == [True]
+    assert await other.call("join", room) == [True]
+    assert await other.call("say", {"room": room, "message": "m1"}) == [True]
+    seen = await victim.wait_event("said", lambda e: e[1]["message"] == "m1")
+    offset = seen[-1]
+    assert isinstance(offset, str) and "." in offset
+    kept = _sums(mesh, "recovery_kept")
+    await victim.cut()
+    await _wait_stat(mesh, "recovery_kept", kept + 1)
+    # missed while away
+    assert await other.call("say", {"room": room, "message": "m2"}) == [True]
+    recovered = _sums(mesh, "recovered")
+    base, _, counter = offset.rpartition(".")
+    wrong = [
+        f"{base}.{int(counter, 16) + 0x100000:x}",  # well-formed, never logged
+        "not-an-offset",
+        "",
+    ]
+    for node, bad in [(b, wrong[0]), (a, wrong[0]), (c, wrong[1]), (b, wrong[2])]:
+        intruder = await RawClient.open(node, {"pid": victim.pid, "offset": bad})
+        assert intruder.sid != victim.sid, (node, bad)
+        await intruder.leave()
+    assert _sums(mesh, "recovered") == recovered
+    back = await RawClient.open(c, {"pid": victim.pid, "offset": offset})
+    assert (back.sid, back.pid) == (victim.sid, victim.pid)
+    missed = await back.wait_event("said", lambda e: e[1]["message"] == "m2")
+    assert missed[-1] != offset
+    assert _sums(mesh, "recovered") == recovered + 1
+    await back.leave()
+    await other.leave()
