@@ -15,6 +15,13 @@ Contract:
   queue. A gap is delivered like a message (``ADAPTER_GAP``): the receiver disconnects its
   clients that may have missed something, at the Engine.IO level, so that they reconnect and
   resync, as a Redis outage would make them. Never a silent hole.
+* A message the peer would have got while it is not a live member (declared dead, or a seed
+  gossip never heard from) is not queued but :meth:`PeerChannel.skip`-ped: it still takes the
+  next sequence number, into a trailing gap. So if the peer comes back as the same process, the
+  first thing it gets is a gap whose sequence number it has never seen (it cannot take it for a
+  duplicate), before anything sent later. A gap carries the sequence number of the last message
+  it replaces: a receiver that did apply all of them (they were in its socket buffer while it
+  was frozen) skips it as a duplicate, rightly, since it missed none of them.
 
 Use from the node's event loop only.
 """
@@ -102,6 +109,7 @@ class PeerChannel:
         self._seq = 0
         self._link: Link | None = None
         self._messages = 0  # messages (not gaps) held
+        self._skipping = False  # skip() was called since the last enqueue()
         #: when the peer last acknowledged, or the queue last became non-empty (monotonic)
         self._progress_at = time.monotonic()
         self._stalled_since: float | None = None
@@ -120,6 +128,7 @@ class PeerChannel:
         """Queue one encoded message; False when it was folded into a gap instead."""
         if self.idle:
             self._progress_at = time.monotonic()
+        self._skipping = False
         self._seq += 1
         if self._messages >= self._settings.max_queue:
             self._fold(self._seq, self._seq, targets)
@@ -135,6 +144,26 @@ class PeerChannel:
         self._messages += 1
         self.pump()
         return True
+
+    def skip(self, targets: Targets, why: str) -> None:
+        """Record that a message for ``targets`` was not sent to the peer, because it is not a
+        live member (``why``): the message takes the next sequence number, folded into the
+        trailing gap, so that if the peer comes back its clients that may have missed it are
+        disconnected to resync (see the module docstring). Never sends anything."""
+        if not targets:
+            return  # concerns no client there (an ack, a server event): nobody to resync
+        if self.idle:
+            self._progress_at = time.monotonic()
+        if not self._skipping:
+            self._skipping = True
+            log.info(
+                "adapter messages for %s are not sent while it %s; if it comes back, its "
+                "clients that may have missed them are disconnected to resync",
+                self.peer,
+                why,
+            )
+        self._seq += 1
+        self._fold(self._seq, self._seq, targets)
 
     def _fold(self, first: int, last: int, targets: Targets) -> None:
         """Record messages first..last as lost (a trailing gap absorbs them)."""

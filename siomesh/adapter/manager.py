@@ -15,6 +15,13 @@ Routing, per message:
 * to a room: to the members that may hold it (``cluster.room_owners`` when the cluster view
   has a room directory, else every live peer);
 * to everybody: to every live peer.
+
+A peer that would have got a message but is not a live member now (declared dead, or a seed
+that gossip never heard from) is *absent*: the message is not queued for it, but it takes a
+sequence number in that peer's channel, folded into a gap (:meth:`PeerChannel.skip`). If the
+peer comes back as the same process (a frozen node resumes, a partition heals), that gap reaches
+it before anything sent later, and its clients that may have missed something are disconnected
+to resync: never a silent hole.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from ..links.link import Link, LinkClosed, Stream
 from ..links.pool import LinkUnavailable
 from ..ratelimit import RateLimitedLog
 from ..sessions import drop_session
-from ..sid import parse_sid
+from ..sid import node_tag, parse_sid
 from .channel import LinkSettings, PeerChannel, Targets
 from .wire import DedupWindow, WireError, encode_message, pack, unpack
 
@@ -160,6 +167,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         self._ticker: asyncio.Task[None] | None = None
         self._server_handlers: dict[tuple[str, str], ServerEventHandler] = {}
         self._warn = RateLimitedLog(log)
+        self._tags: dict[str, str] = {}  # peer URL -> node tag (absent peers' sids)
         self.stats = {
             "received": 0,
             "duplicates": 0,
@@ -193,7 +201,10 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             return
         self.running = False
         deadline = asyncio.get_running_loop().time() + self.flush_timeout
-        while any(not c.idle for c in self._channels.values()):
+        while True:
+            live = self._live_set()  # a peer that is not live cannot acknowledge: no wait
+            if all(c.idle or p not in live for p, c in self._channels.items()):
+                break
             if asyncio.get_running_loop().time() >= deadline:
                 break
             await asyncio.sleep(0.02)
@@ -214,10 +225,11 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
+            live = self._live_set()
             for peer, channel in list(self._channels.items()):
                 if channel.idle:
                     continue
-                if self._is_live(peer):
+                if peer in live:
                     channel.check_stalled(now)
                     channel.pump()
                 else:
@@ -225,12 +237,27 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
 
     # -- routing ---------------------------------------------------------------------------------
 
-    def _is_live(self, url: str) -> bool:
-        return bool(self.mesh.cluster.is_live_member(url))
+    def _view(self) -> tuple[list[str], list[str]]:
+        """``(live, absent)``: the peers messages are sent to, and those that are not live
+        members now but may be the same process when they are again (declared dead, a seed
+        gossip never heard from, or a peer this node has a channel to and that did not leave),
+        for which messages are skipped into a gap. See ``GossipCluster.adapter_peers``."""
+        cluster = self.mesh.cluster
+        view = getattr(cluster, "adapter_peers", None)
+        if view is not None:
+            live, absent = view(self._channels)
+            return list(live), list(absent)
+        live = list(cluster.live_peers())
+        up = set(live)
+        return live, [p for p in self._channels if p not in up and p != self.node_url]
 
-    def sid_owner(self, sid: Any) -> str | None:
-        """URL of the node holding ``sid`` (this node's own URL included); ``None`` when
-        ``sid`` is not a sid of this cluster; ``""`` when its owner is not a live member."""
+    def _live_set(self) -> set[str]:
+        return set(self._view()[0])
+
+    def _sid_node(self, sid: Any, absent: list[str]) -> str | None:
+        """URL of the node whose tag ``sid`` carries, live or not (this node's own URL
+        included); ``None`` when ``sid`` is not a sid of this cluster; ``""`` when no such
+        member is known."""
         if not isinstance(sid, str):
             return None
         parts = parse_sid(self.mesh.keys, sid)
@@ -240,30 +267,70 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if parts.node_tag == cluster.self_tag:
             return self.node_url
         member = cluster.member_by_tag(parts.node_tag)
-        if member is None or not member.alive:
-            return ""
-        url: str = member.url
-        return url
+        if member is not None:
+            url: str = member.url
+            return url
+        for peer in absent:  # a member gossip has forgotten, still absent for the adapter
+            tag = self._tags.get(peer)
+            if tag is None:
+                tag = self._tags[peer] = node_tag(self.mesh.keys, peer)
+            if tag == parts.node_tag:
+                return peer
+        return ""
 
-    def _peers_for(self, namespace: str, room: Room | list[Room] | None) -> list[str]:
-        """The live peers that may hold a recipient of ``room`` (None: everybody)."""
-        live = self.mesh.cluster.live_peers()
+    def sid_owner(self, sid: Any) -> str | None:
+        """URL of the node holding ``sid`` (this node's own URL included); ``None`` when
+        ``sid`` is not a sid of this cluster; ``""`` when its owner is not a live member."""
+        live, absent = self._view()
+        owner = self._sid_node(sid, absent)
+        if owner is None or owner == self.node_url:
+            return owner
+        return owner if owner in live else ""
+
+    def _route(
+        self, namespace: str, room: Room | list[Room] | None
+    ) -> tuple[list[str], list[str]]:
+        """``(peers, skipped)``: the live peers that may hold a recipient of ``room`` (None:
+        everybody), and the absent peers that may (their channels record the message as
+        missed, :meth:`PeerChannel.skip`)."""
+        live, absent = self._view()
         if room is None:
-            return list(live)
+            return live, absent
         rooms = room if isinstance(room, (list, tuple)) else [room]
         owners_of = getattr(self.mesh.cluster, "room_owners", None)
         targets: set[str] = set()
+        everybody = False
+        any_room = False
         for name in rooms:
-            owner = self.sid_owner(name)
+            owner = self._sid_node(name, absent)
             if owner is not None:
                 if owner and owner != self.node_url:
                     targets.add(owner)
                 continue
+            # an absent peer's rooms are not in the directory (a dead origin's entries go)
+            any_room = True
             owners = owners_of(namespace, name) if owners_of is not None else None
             if owners is None:
-                return list(live)
-            targets.update(owners)
-        return [peer for peer in live if peer in targets]
+                everybody = True
+            else:
+                targets.update(owners)
+        peers = live if everybody else [peer for peer in live if peer in targets]
+        skipped = absent if any_room else [peer for peer in absent if peer in targets]
+        return peers, skipped
+
+    def _peers_for(self, namespace: str, room: Room | list[Room] | None) -> list[str]:
+        """The live peers that may hold a recipient of ``room`` (None: everybody)."""
+        return self._route(namespace, room)[0]
+
+    def _owner_route(self, sid: str) -> tuple[list[str], list[str]]:
+        """``(peers, skipped)`` for a message to ``sid``'s owner when it is another node."""
+        live, absent = self._view()
+        owner = self._sid_node(sid, absent)
+        if not owner or owner == self.node_url:
+            return [], []
+        if owner in live:
+            return [owner], []
+        return [], [owner] if owner in absent else []
 
     def _channel(self, peer: str) -> PeerChannel:
         channel = self._channels.get(peer)
@@ -291,7 +358,11 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             if channel is not None:
                 channel.pump()
 
-    def _send(self, peers: Iterable[str], message: dict[str, Any]) -> None:
+    def _send(
+        self, peers: Iterable[str], message: dict[str, Any], skipped: Iterable[str] = ()
+    ) -> None:
+        """Queue ``message`` for ``peers``; record it as missed by the ``skipped`` (absent)."""
+        self._skip(skipped, message)
         text: str | None = None
         targets: Targets | None = None
         for peer in peers:
@@ -302,6 +373,17 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 targets = _targets_of(message)
             assert targets is not None
             self._channel(peer).enqueue(text, targets)
+
+    def _skip(self, peers: Iterable[str], message: dict[str, Any]) -> None:
+        targets: Targets | None = None
+        for peer in peers:
+            if peer == self.node_url:
+                continue
+            if targets is None:
+                targets = _targets_of(message)
+                if not targets:
+                    return
+            self._channel(peer).skip(targets, "is not a live member")
 
     def queue_sizes(self) -> dict[str, int]:
         """Messages waiting for an acknowledgement, per peer (for metrics and tests)."""
@@ -335,7 +417,9 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             data = tuple(args)
             recovery.note_emit(offset, event, args, namespace, room, skip_sid)
         if not kwargs.get("ignore_queue"):
-            peers = self._peers_for(namespace, room)
+            peers, skipped = self._route(namespace, room)
+            if skipped:
+                self._skip(skipped, {"m": "emit", "ns": namespace, "room": room})
             if peers:
                 wire_callback = None
                 if callback is not None:
@@ -366,13 +450,16 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         owner = self.sid_owner(sid)
         return owner if owner and owner != self.node_url else None
 
+    def _to_owner(self, sid: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``sid``'s owner (or record it as missed, if it is absent)."""
+        peers, skipped = self._owner_route(sid)
+        self._send(peers, message, skipped)
+
     async def can_disconnect(self, sid: str, namespace: str) -> bool:
         namespace = namespace or "/"
         if self._is_local(sid, namespace):
             return bool(await super().can_disconnect(sid, namespace))
-        owner = self._remote_owner(sid)
-        if owner is not None:
-            self._send([owner], {"m": "disconnect", "sid": sid, "ns": namespace})
+        self._to_owner(sid, {"m": "disconnect", "sid": sid, "ns": namespace})
         return False
 
     async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
@@ -383,9 +470,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if self._is_local(sid, namespace):
             await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
             return
-        owner = self._remote_owner(sid)
-        if owner is not None:
-            self._send([owner], {"m": "disconnect", "sid": sid, "ns": namespace})
+        self._to_owner(sid, {"m": "disconnect", "sid": sid, "ns": namespace})
 
     async def enter_room(
         self, sid: str, namespace: str, room: Room, eio_sid: str | None = None
@@ -394,24 +479,19 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if eio_sid is not None or self._is_local(sid, namespace):
             await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
             return
-        owner = self._remote_owner(sid)
-        if owner is not None:
-            self._send([owner], {"m": "enter_room", "sid": sid, "ns": namespace, "room": room})
+        self._to_owner(sid, {"m": "enter_room", "sid": sid, "ns": namespace, "room": room})
 
     async def leave_room(self, sid: str, namespace: str, room: Room) -> None:
         namespace = namespace or "/"
         if self._is_local(sid, namespace):
             await super().leave_room(sid, namespace, room)
             return
-        owner = self._remote_owner(sid)
-        if owner is not None:
-            self._send([owner], {"m": "leave_room", "sid": sid, "ns": namespace, "room": room})
+        self._to_owner(sid, {"m": "leave_room", "sid": sid, "ns": namespace, "room": room})
 
     async def close_room(self, room: Room, namespace: str | None = None) -> None:
         namespace = namespace or "/"
-        self._send(
-            self._peers_for(namespace, room), {"m": "close_room", "ns": namespace, "room": room}
-        )
+        peers, skipped = self._route(namespace, room)
+        self._send(peers, {"m": "close_room", "ns": namespace, "room": room}, skipped)
         await super().close_room(room, namespace)
 
     async def _return_callback(
@@ -468,7 +548,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         a handler for ``event`` do not respond) and raises :class:`PartialResult` when some node
         did not answer within ``timeout`` seconds.
         """
-        peers = self.mesh.cluster.live_peers()
+        peers = self._view()[0]
         if not with_ack:
             self._send(
                 peers, {"m": "server_event", "event": event, "ns": namespace, "args": pack(args)}
@@ -516,7 +596,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         sid rooms excluded). Raises :class:`PartialResult` if a node is missing."""
         rooms = set(self._local_rooms(namespace))
         replies, missing = await self._call(
-            self.mesh.cluster.live_peers(), {"op": "all_rooms", "ns": namespace}, timeout
+            self._view()[0], {"op": "all_rooms", "ns": namespace}, timeout
         )
         for reply in replies.values():
             rooms.update(reply.get("rooms", []))
@@ -529,9 +609,9 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
     ) -> None:
         """Make every client of ``namespace`` (or of ``room``) join ``rooms``, on every node."""
         names = _rooms_list(rooms)
+        peers, skipped = self._route(namespace, room)
         self._send(
-            self._peers_for(namespace, room),
-            {"m": "sockets_join", "ns": namespace, "room": room, "rooms": names},
+            peers, {"m": "sockets_join", "ns": namespace, "room": room, "rooms": names}, skipped
         )
         await self._local_join(namespace, room, names)
 
@@ -540,9 +620,9 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
     ) -> None:
         """Make every client of ``namespace`` (or of ``room``) leave ``rooms``, on every node."""
         names = _rooms_list(rooms)
+        peers, skipped = self._route(namespace, room)
         self._send(
-            self._peers_for(namespace, room),
-            {"m": "sockets_leave", "ns": namespace, "room": room, "rooms": names},
+            peers, {"m": "sockets_leave", "ns": namespace, "room": room, "rooms": names}, skipped
         )
         await self._local_leave(namespace, room, names)
 
@@ -551,15 +631,17 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
     ) -> None:
         """Disconnect every client of ``namespace`` (or of ``room``) on every node; with
         ``close=True`` the whole Engine.IO connection is closed, not just the namespace."""
+        peers, skipped = self._route(namespace, room)
         self._send(
-            self._peers_for(namespace, room),
+            peers,
             {"m": "disconnect_sockets", "ns": namespace, "room": room, "close": close},
+            skipped,
         )
         await self._local_disconnect(namespace, room, close)
 
     def server_count(self) -> int:
         """How many nodes are in the cluster: this one plus its live peers."""
-        return 1 + len(self.mesh.cluster.live_peers())
+        return 1 + len(self._view()[0])
 
     # -- local halves ----------------------------------------------------------------------------
 
@@ -906,8 +988,12 @@ def install_adapter(mesh: NodeContext, **options: Any) -> MeshManager | None:
     manager.rooms = current.rooms
     manager.eio_to_sid = current.eio_to_sid
     manager.callbacks = current.callbacks
-    manager.pending_connect = current.pending_connect
+    # since python-socketio 5.18: a client is "pre-connected" until its connect handler
+    # accepts it (``pending_connect``); older managers have no such state to carry over.
+    if hasattr(current, "pending_connect"):
+        manager.pending_connect = current.pending_connect
     manager.pending_disconnect = current.pending_disconnect
+    _backport_manager_api(manager)
     manager.set_server(sio)
     sio.manager = manager
     dispatcher = mesh.links.dispatcher
@@ -919,6 +1005,28 @@ def install_adapter(mesh: NodeContext, **options: Any) -> MeshManager | None:
     mesh.on_startup(manager.start)
     mesh.on_shutdown(manager.stop)
     return manager
+
+
+def _backport_manager_api(manager: MeshManager) -> None:
+    """Give ``manager`` the python-socketio manager methods MeshManager calls that its base
+    class lacks on an older python-socketio (see ``siomesh.versions.SUPPORTED``)."""
+    # since python-socketio 5.17: ``is_sid_room``; before it a sid room is told apart the
+    # same way (a room named after a client of the namespace).
+    if not hasattr(manager, "is_sid_room"):
+        manager.is_sid_room = partial(_is_sid_room, manager)
+    # since python-socketio 5.18: ``is_pre_connected``; before it a client is connected as
+    # soon as it is registered (``is_connected``), so none is ever pre-connected.
+    if not hasattr(manager, "is_pre_connected"):
+        manager.is_pre_connected = partial(_never_pre_connected, manager)
+
+
+def _is_sid_room(manager: MeshManager, namespace: str, room: Room) -> bool:
+    # python-socketio 5.17's BaseManager.is_sid_room
+    return room in manager.rooms.get(namespace, {}).get(None, {})
+
+
+def _never_pre_connected(manager: MeshManager, sid: str, namespace: str) -> bool:
+    return False
 
 
 def _targets_of(message: dict[str, Any]) -> Targets:

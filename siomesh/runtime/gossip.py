@@ -95,9 +95,11 @@ class TrackedSockets(dict[str, Any]):
 class GossipCluster:
     """The live cluster view built from the gossip node, plus the configured seeds.
 
-    A seed URL that gossip has not learned about yet counts as a live member (generation
-    unknown), so that a sid minted by a seed routes correctly during the first moments of a
-    cluster's life; once gossip knows the member, its state and generation decide.
+    For routing, a seed URL that gossip has not learned about yet counts as a live member
+    (generation unknown), so that a sid minted by a seed routes correctly during the first
+    moments of a cluster's life; once gossip knows the member, its state and generation decide.
+    Not for the adapter (:meth:`adapter_peers`): a seed that never answered is not a peer it
+    sends to until gossip hears from it.
     """
 
     def __init__(
@@ -112,6 +114,9 @@ class GossipCluster:
         self._gen_tags: dict[int, str] = {}
         self._seeds = {u for u in seeds if not u.startswith("dns+") and u != node.url}
         self._seed_by_tag = {self._tag(u): u for u in self._seeds}
+        #: URLs whose newest member was seen to leave (and not live since): after their
+        #: tombstone is forgotten, they are still not absent peers (see adapter_peers)
+        self._left: set[str] = set()
 
     def _tag(self, url: str) -> str:
         tag = self._tags.get(url)
@@ -174,6 +179,44 @@ class GossipCluster:
         known = {m.url for m in self._node.members()}
         urls.update(u for u in self._seeds if u not in known)
         return sorted(urls)
+
+    def adapter_peers(self, known: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+        """``(live, absent)`` for the adapter (:mod:`siomesh.adapter`), both sorted.
+
+        ``live``: the peers it sends to, the ALIVE and SUSPECT members gossip knows. Unlike
+        :meth:`live_peers`, a seed gossip has not heard from is not one: the adapter would
+        hold up to ``max_queue`` messages for it and warn of a partition although it may never
+        have run. It becomes one as soon as gossip learns it.
+
+        ``absent``: peers that are not live now but may still run the process they ran, and so
+        may hold clients that miss what is not sent to them (the adapter records those messages
+        as a gap for them): members declared dead (a frozen or cut-off node refutes its death
+        under the same generation), seeds gossip has not heard from, and the URLs in ``known``
+        (peers the caller has dealt with, possibly forgotten by gossip since) that are not live
+        and did not leave. A member that left is in neither: it hands its clients over.
+        """
+        me = self._self_url
+        live: set[str] = set()
+        newest: dict[str, Member] = {}
+        for m in self._node.members():
+            if m.url == me:
+                continue
+            if m.live:
+                live.add(m.url)
+            best = newest.get(m.url)
+            if best is None or m.generation > best.generation:
+                newest[m.url] = m
+        absent: set[str] = set()
+        for url, m in newest.items():
+            if url in live:
+                self._left.discard(url)
+            elif m.state == State.LEFT:
+                self._left.add(url)
+            else:
+                absent.add(url)
+        absent.update(s for s in self._seeds if s not in newest)
+        absent.update(u for u in known if u not in live and u not in self._left and u != me)
+        return sorted(live), sorted(absent)
 
     def room_owners(self, namespace: str, room: str) -> set[str] | None:
         """Members that have ``room`` per the directory (eventually consistent); ``None``

@@ -234,6 +234,60 @@ def test_abandon_of_an_idle_channel_drops_nothing() -> None:
     assert h.channel.idle and h.channel.stats["gaps"] == 0
 
 
+def test_messages_skipped_for_an_absent_peer_take_fresh_sequence_numbers_in_a_gap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The peer is not a live member (dead, or a seed never heard from): what it would have got
+    is not queued and nothing is sent, but the messages take sequence numbers, folded into a
+    gap; if it comes back, that gap comes first and its sequence number is new to it."""
+    h = Harness()
+    h.link = FakeLink()
+    h.enqueue("a")
+    h.channel.on_ack(EPOCH, 1)
+    assert h.channel.idle
+    with caplog.at_level(logging.INFO, logger="siomesh.adapter"):
+        h.channel.skip({"/": ["r1"]}, "is not a live member")
+        h.channel.skip({}, "is not a live member")  # concerns no client there: nothing
+        h.channel.skip({"/": ["r2"], "/chat": None}, "is not a live member")
+    assert [r.getMessage() for r in caplog.records if "not sent" in r.getMessage()] == [
+        f"adapter messages for {PEER} are not sent while it is not a live member; if it comes "
+        "back, its clients that may have missed them are disconnected to resync"
+    ]  # once per episode
+    assert len(h.link.frames) == 1 and len(h.channel) == 0 and not h.channel.idle
+    assert h.channel.stats["gaps"] == 1 and h.channel.stats["gap_messages"] == 2
+    h.enqueue("d")  # it is live again
+    assert [(kind, seq) for kind, _, seq, _ in h.link.frames] == [
+        (FrameType.ADAPTER, 1),
+        (FrameType.ADAPTER_GAP, 3),
+        (FrameType.ADAPTER, 4),
+    ]
+    assert h.link.frames[1][3] == {"first": 2, "targets": {"/": ["r1", "r2"], "/chat": None}}
+    h.channel.on_ack(EPOCH, 4)
+    assert h.channel.idle
+    h.channel.skip({"/": None}, "is not a live member")  # a new episode, a new gap
+    assert h.channel.stats["gaps"] == 2
+
+
+def test_a_skip_after_abandon_makes_the_gap_new_to_the_receiver() -> None:
+    """A frozen peer may have applied what was in flight (its socket buffer) although it never
+    acknowledged it: the abandoned gap carries the last of those sequence numbers, which that
+    receiver skips as a duplicate, rightly. What was skipped afterwards extends the gap to a
+    sequence number it has never seen, so the gap is applied."""
+    h = Harness()
+    h.link = FakeLink()
+    h.enqueue("a", "b")  # sent, applied there, never acknowledged
+    assert h.channel.abandon("peer is no longer a live member") == 2
+    h.channel.skip({"/": ["r9"]}, "is not a live member")
+    h.channel.skip({"/": ["r9"]}, "is not a live member")
+    h.enqueue("e")
+    assert [(kind, seq) for kind, _, seq, _ in h.link.frames][2:] == [
+        (FrameType.ADAPTER_GAP, 4),
+        (FrameType.ADAPTER, 5),
+    ]
+    assert h.link.frames[2][3] == {"first": 1, "targets": {"/": ["a", "b", "r9"]}}
+    assert h.channel.stats["gap_messages"] == 4
+
+
 def test_settings_validate() -> None:
     with pytest.raises(ValueError):
         LinkSettings(max_queue=0)

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 import socketio
 
+import siomesh.adapter.channel as channel_module
 import siomesh.adapter.manager as manager_module
 from siomesh import SioMesh
 from siomesh.adapter import MeshManager, PartialResult, install_adapter
 from siomesh.links.frames import FrameType, encode_u64_pair
 from siomesh.links.link import Link
+from siomesh.protocol.messages import MemberUpdate, Push, State
 from siomesh.sid import make_sid
 
 from .memlinks import MemoryNet
@@ -74,12 +76,26 @@ def test_installed_on_the_default_manager_only() -> None:
     assert FrameType.ADAPTER not in mesh3.links.dispatcher.callbacks
 
 
+def learn(mesh: SioMesh, url: str, state: State, generation: int = 1, incarnation: int = 0) -> None:
+    """Make ``mesh``'s gossip hear of member ``url`` in ``state`` (as if ``url`` said so)."""
+    gossip = mesh.node.gossip
+    assert gossip is not None
+    update = MemberUpdate(url, url, generation, incarnation, state, "")
+    gossip.node.receive(url, Push(url, (), (update,)), now=time.monotonic())
+
+
 def test_routing_by_sid_tag_room_directory_and_broadcast() -> None:
     mesh, _ = node(A)
     mgr = adapter(mesh)
     sid_b = make_sid(mesh.keys, B, 1, b"\x01" * 12)
     sid_a = make_sid(mesh.keys, A, 1, b"\x02" * 12)
     sid_unknown = make_sid(mesh.keys, C, 1, b"\x03" * 12)
+    # a seed gossip never heard from is not a peer of the adapter (routing still counts it)
+    assert mesh.node.cluster.live_peers() == [B]
+    assert mgr.sid_owner(sid_b) == "" and mgr._peers_for("/", None) == []
+    assert mgr._route("/", None) == ([], [B]) and mgr._route("/", sid_b) == ([], [B])
+    assert mgr.server_count() == 1
+    learn(mesh, B, State.ALIVE)
     assert mgr.sid_owner(sid_b) == B and mgr.sid_owner(sid_a) == A
     assert mgr.sid_owner(sid_unknown) == "" and mgr.sid_owner("room") is None
     assert mgr.sid_owner(42) is None
@@ -96,6 +112,30 @@ def test_routing_by_sid_tag_room_directory_and_broadcast() -> None:
     assert mgr._peers_for("/", ["empty", "unknown"]) == [B]
 
 
+def test_the_adapters_view_of_the_gossip_members() -> None:
+    """GossipCluster.adapter_peers: (live, absent). A seed never heard from is absent, not live
+    (routing alone still counts it); a dead member is absent (it may refute under the same
+    generation); a member that left is neither; a known peer gossip forgot stays absent."""
+    mesh, _ = node(A, peers=(A, B, C))
+    cluster: Any = mesh.cluster
+    assert cluster.live_peers() == [B, C] and cluster.is_live_member(B)
+    assert cluster.adapter_peers() == ([], [B, C])
+    learn(mesh, B, State.ALIVE)
+    assert cluster.adapter_peers() == ([B], [C])
+    learn(mesh, B, State.SUSPECT)
+    assert cluster.adapter_peers() == ([B], [C])  # suspect is still live
+    learn(mesh, B, State.DEAD)
+    assert cluster.adapter_peers() == ([], [B, C])
+    learn(mesh, B, State.ALIVE, incarnation=1)  # it refutes: the same process is back
+    assert cluster.adapter_peers() == ([B], [C])
+    learn(mesh, C, State.LEFT)
+    assert cluster.adapter_peers() == ([B], [])
+    other = "http://127.0.0.1:9104"
+    assert cluster.adapter_peers([A, B, C, other]) == ([B], [other])
+    learn(mesh, C, State.ALIVE, generation=2)  # a new process under C's URL
+    assert cluster.adapter_peers([C]) == ([B, C], [])
+
+
 # -- two meshes over in-memory links -----------------------------------------------------------
 
 
@@ -108,7 +148,9 @@ class Cluster:
     """Meshes whose adapters talk over real links in memory; records what each node sends to
     its clients (``sent[url]``: (eio sid, encoded packet))."""
 
-    def __init__(self, *urls: str) -> None:
+    def __init__(self, *urls: str, started: tuple[str, ...] | None = None) -> None:
+        #: the nodes started on entry (default: all), which then wait to hear from each other
+        self.started = urls if started is None else started
         self.net = MemoryNet()
         self.meshes: dict[str, SioMesh] = {}
         self.sios: dict[str, Any] = {}
@@ -135,8 +177,11 @@ class Cluster:
         return adapter(self.meshes[url])
 
     async def __aenter__(self) -> Cluster:
-        for mesh in self.meshes.values():
-            await mesh.startup()
+        for url in self.started:
+            await self.meshes[url].startup()
+        # the adapter sends to a seed once gossip has heard from it
+        n = len(self.started)
+        await until(lambda: all(self.mgr(u).server_count() == n for u in self.started))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -149,6 +194,14 @@ class Cluster:
         """Every adapter message acknowledged (so applied) everywhere."""
         await until(lambda: self.queued() == 0)
         await asyncio.sleep(0.005)
+
+    async def cut(self, source: str, peer: str) -> None:
+        """``peer`` stops answering ``source``: no new link, and the ones up are closed."""
+        self.net.down.add(peer)
+        for kind in ("control", "data"):
+            link = self.meshes[source].node.links.current(peer, kind)
+            if link is not None:
+                await link.shutdown(reason="cut")
 
     def data_link(self, source: str, peer: str) -> Link:
         link = self.meshes[source].node.links.current(peer, "data")
@@ -361,10 +414,7 @@ async def test_a_dead_peers_queue_becomes_one_gap(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(manager_module, "TICK", 0.01)
     async with Pair() as p:
         await connected(p.sio_b, "eioB1")
-        alive = {"yes": True}
-        cluster = p.a.cluster
-        is_live = cluster.is_live_member
-        monkeypatch.setattr(cluster, "is_live_member", lambda url: alive["yes"] and is_live(url))
+        alive = play_dead(monkeypatch, p.a, B)
         p.net.down.add(B)
         for i in range(3):
             await p.sio_a.emit("n", i)
@@ -379,6 +429,177 @@ async def test_a_dead_peers_queue_becomes_one_gap(monkeypatch: pytest.MonkeyPatc
         await p.settle()
         await until(lambda: adapter(p.b).stats["gaps_received"] == 1)
         assert p.sent[B] == [] and adapter(p.b).stats["resync_disconnects"] == 1
+
+
+def play_dead(monkeypatch: pytest.MonkeyPatch, mesh: SioMesh, url: str) -> dict[str, bool]:
+    """``mesh``'s adapter sees ``url`` as a dead member while ``alive["yes"]`` is False."""
+    alive = {"yes": True}
+    cluster: Any = mesh.cluster
+    view = cluster.adapter_peers
+
+    def adapter_peers(known: Any = ()) -> tuple[list[str], list[str]]:
+        live, absent = view(known)
+        if alive["yes"] or url not in live:
+            return live, absent
+        return [u for u in live if u != url], sorted({*absent, url})
+
+    monkeypatch.setattr(cluster, "adapter_peers", adapter_peers)
+    return alive
+
+
+def record_gaps(c: Cluster, url: str) -> None:
+    """Put a ``("gap", first)`` marker into ``c.sent[url]`` where ``url`` applies a gap."""
+    mgr = c.mgr(url)
+    apply_gap = mgr._apply_gap
+
+    async def recorded(sender: str, detail: bytes) -> None:
+        c.sent[url].append(("gap", json.loads(detail)["first"]))
+        await apply_gap(sender, detail)
+
+    mgr._apply_gap = recorded  # type: ignore[method-assign]
+
+
+async def test_a_member_that_comes_back_gets_a_gap_for_what_was_emitted_while_it_was_dead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18: emits made while a member is declared dead are not queued for it; when it
+    comes back as the same process, a gap reaches it first (never a silent hole), and only its
+    clients that may have missed something are disconnected."""
+    monkeypatch.setattr(manager_module, "TICK", 0.01)
+    async with Pair() as p:
+        b1 = await connected(p.sio_b, "eioB1")
+        await connected(p.sio_b, "eioB2")
+        await p.sio_b.enter_room(b1, "r")
+        record_gaps(p, B)
+        await p.sio_a.emit("n", 0, to="r")
+        await p.settle()
+        alive = play_dead(monkeypatch, p.a, B)
+        alive["yes"] = False
+        for i in range(1, 4):
+            await p.sio_a.emit("n", i, to="r")
+        await asyncio.sleep(0.05)  # ticks: nothing is dialled or sent to a dead peer
+        assert p.mgr(A).queue_sizes()[B] == 0
+        stats = p.mgr(A).link_stats()[B]
+        assert stats["gaps"] == 1 and stats["gap_messages"] == 3 and stats["sent"] == 1
+        assert p.mgr(A).server_count() == 1
+        alive["yes"] = True  # it refuted its death: same process, same generation
+        await p.sio_a.emit("n", 4, to="r")
+        await p.settle()
+        assert p.sent[B] == [("eioB1", '2["n",0]'), ("gap", 2), ("eioB1", '2["n",4]')]
+        b = adapter(p.b)
+        assert b.stats["gaps_received"] == 1 and b.stats["resync_disconnects"] == 1
+        assert b.stats["duplicates"] == 0
+
+
+@pytest.mark.parametrize("skipped", [0, 2])
+async def test_a_gap_after_a_frozen_member_applied_what_was_in_flight(
+    monkeypatch: pytest.MonkeyPatch, skipped: int
+) -> None:
+    """A frozen member applies, when it resumes, what was in its socket buffer although the
+    sender had given those messages up (it was declared dead meanwhile). Nothing is applied
+    twice; the gap for them is skipped as a duplicate when they all arrived, and applied when
+    anything was emitted while it was dead."""
+    monkeypatch.setattr(manager_module, "TICK", 0.01)
+    async with Pair() as p:
+        b1 = await connected(p.sio_b, "eioB1")
+        await p.sio_b.enter_room(b1, "r")
+        record_gaps(p, B)
+        dispatcher = p.a.links.dispatcher
+        on_ack = dispatcher.callbacks[FrameType.ADAPTER_ACK]
+        dispatcher.on(FrameType.ADAPTER_ACK, lambda link, payload: None)  # never acknowledged
+        for i in range(3):
+            await p.sio_a.emit("n", i, to="r")
+        await until(lambda: adapter(p.b).stats["received"] == 3)  # applied there
+        alive = play_dead(monkeypatch, p.a, B)
+        alive["yes"] = False
+        await until(lambda: p.mgr(A).link_stats()[B]["gap_messages"] == 3)  # abandoned
+        for i in range(3, 3 + skipped):
+            await p.sio_a.emit("n", i, to="r")
+        dispatcher.on(FrameType.ADAPTER_ACK, on_ack)
+        alive["yes"] = True
+        await p.sio_a.emit("n", 9, to="r")
+        await p.settle()
+        delivered = [("eioB1", f'2["n",{i}]') for i in range(3)]
+        b = adapter(p.b)
+        if skipped:
+            assert p.sent[B] == [*delivered, ("gap", 1), ("eioB1", '2["n",9]')]
+            assert b.stats["gaps_received"] == 1 and b.stats["resync_disconnects"] == 1
+        else:
+            assert p.sent[B] == [*delivered, ("eioB1", '2["n",9]')]
+            assert b.stats["gaps_received"] == 0 and b.stats["duplicates"] == 1
+
+
+async def test_sid_operations_for_a_dead_members_client_resync_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A room change (or an emit) for a client of a dead member is not sent, and that client is
+    disconnected to resync if its node comes back."""
+    monkeypatch.setattr(manager_module, "TICK", 0.01)
+    async with Pair() as p:
+        b1 = await connected(p.sio_b, "eioB1")
+        b2 = await connected(p.sio_b, "eioB2")
+        alive = play_dead(monkeypatch, p.a, B)
+        alive["yes"] = False
+        assert p.mgr(A).sid_owner(b1) == ""
+        await p.sio_a.enter_room(b1, "x")
+        await p.sio_a.emit("hi", 1, to=b1)
+        assert p.mgr(A).link_stats()[B]["gap_messages"] == 2
+        alive["yes"] = True
+        b = adapter(p.b)
+        await until(lambda: b.stats["gaps_received"] == 1)
+        assert "x" not in p.sio_b.manager.get_rooms(b1, "/")
+        assert b.stats["gaps_received"] == 1 and b.stats["resync_disconnects"] == 1
+        assert b2 in p.sio_b.manager.get_rooms(b2, "/")
+
+
+async def test_a_seed_that_never_answered_is_not_a_peer_until_gossip_hears_from_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18: nothing is queued for a seed gossip never heard from (no 10,000 messages held,
+    no partition warning, no data link dialled); when it answers it becomes a peer, and its
+    clients that may have missed what was emitted before get a gap first."""
+    monkeypatch.setattr(manager_module, "TICK", 0.01)
+    monkeypatch.setattr(channel_module, "STALL_WARNING", 0.02)
+    c = Cluster(A, B, started=(A,))  # B is not running yet
+    c.net.down.add(B)
+    async with c:
+        mgr = c.mgr(A)
+        b1 = await connected(c.sios[B], "eioB1")
+        assert mgr._view() == ([], [B]) and mgr.server_count() == 1
+        for i in range(5):
+            await c.sios[A].emit("n", i)
+        await asyncio.sleep(0.1)
+        assert mgr.queue_sizes() == {B: 0}
+        stats = mgr.link_stats()[B]
+        assert stats["gaps"] == 1 and stats["gap_messages"] == 5
+        assert stats["stalls"] == 0 and stats["sent"] == 0
+        assert c.meshes[A].node.links.current(B, "data") is None
+        assert (B, "data") not in c.meshes[A].node.links._backoff  # never dialled
+        record_gaps(c, B)
+        c.net.down.discard(B)  # it starts and answers
+        c.meshes[A].node.links._backoff.clear()
+        await c.meshes[B].startup()
+        await until(lambda: mgr.server_count() == 2)
+        await c.sios[A].emit("n", 5)
+        await c.settle()
+        assert c.sent[B] == [("gap", 1), ("eioB1", '2["n",5]')]
+        assert adapter(c.meshes[B]).stats["resync_disconnects"] == 1
+        assert b1 in c.sios[B].manager.get_rooms(b1, "/")  # (no real socket to close here)
+
+
+async def test_stop_does_not_wait_for_a_peer_that_is_not_live(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        alive = play_dead(monkeypatch, p.a, B)
+        alive["yes"] = False
+        await p.sio_a.emit("n", 1)  # a gap for B, which cannot acknowledge it
+        mgr = p.mgr(A)
+        mgr.flush_timeout = 2.0
+        started = time.monotonic()
+        await mgr.stop()
+        assert time.monotonic() - started < 0.5
 
 
 async def test_stop_flushes_then_gives_up() -> None:
@@ -415,7 +636,7 @@ async def test_cluster_call_to_a_silent_peer_is_partial() -> None:
 
 async def test_cluster_call_to_an_unreachable_peer_is_partial_at_once() -> None:
     async with Pair() as p:
-        p.net.down.add(B)
+        await p.cut(A, B)
         started = time.monotonic()
         with pytest.raises(PartialResult) as info:
             await adapter(p.a).all_rooms(timeout=2)
