@@ -417,6 +417,8 @@ class GossipRuntime:
             stats["gossip_bad_messages"] += 1
             log.warning("bad gossip message from %s: %s", link.peer, exc)
             return
+        # heard from it: a dial that failed a moment ago (a heal) is retried at once
+        self._links.revive(link.peer)
         self._send(self.node.receive(link.peer, msg, time.monotonic()))
 
     # -- DNS seeds -------------------------------------------------------------------------------
