@@ -205,6 +205,10 @@ class TakeoverConfig:
     #: passes. Polling-only clients pay it once, on connect; python-socketio's client never
     #: (it upgrades before it sends anything).
     window: float = 0.25
+    #: When recent claims came later than ``window`` after their handshake (probes queue
+    #: behind handshakes in a connect storm), new sessions are held up to 1.5 times the latest
+    #: of the last 64 claims, at most this long (seconds), so that they are still taken over.
+    max_window: float = 2.0
     #: Bound on one takeover exchange with the owner; past it the WebSocket is relayed.
     timeout: float = 2.0
     #: Learn, per client kind (User-Agent), whether sessions that send their first packet by
@@ -216,6 +220,8 @@ class TakeoverConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.window <= 10:
             raise ConfigError("takeover.window must be between 0 and 10 seconds")
+        if not 0 <= self.max_window <= 10:
+            raise ConfigError("takeover.max_window must be between 0 and 10 seconds")
         if self.timeout <= 0:
             raise ConfigError("takeover.timeout must be > 0")
 

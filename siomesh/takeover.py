@@ -178,6 +178,9 @@ class Takeover:
             stats.setdefault(key, 0)
         #: which client kinds upgrade (a session of a kind that never does is not held)
         self.forecast = UpgradeForecast()
+        #: how long after their handshake recent claims came (seconds): under a connect
+        #: storm probes come late, and the hold grows to match (up to ``max_window``)
+        self._claim_delays: deque[float] = deque(maxlen=64)
         #: sid -> the member this node handed it to (forward pointers, kept ``pointer_ttl``)
         self.pointers: dict[str, str] = {}
         self._pointer_expiry: deque[tuple[float, str]] = deque()
@@ -224,7 +227,7 @@ class Takeover:
                             await self.release(socket)
                         elif hold.timer is None:
                             hold.timer = loop.call_at(
-                                hold.created + self.config.window, self._release_later, socket
+                                hold.created + self.window(), self._release_later, socket
                             )
                     return None
                 if hold.phase == "moved":
@@ -249,6 +252,15 @@ class Takeover:
     async def _dispatch(hold: Hold, pkt: Any) -> Any:
         hold.dispatched = True
         return await hold.inner(pkt)
+
+    def window(self) -> float:
+        """How long a new session is held: ``takeover.window``, or longer (up to
+        ``takeover.max_window``) when recent claims came later than that after their
+        handshake (a connect storm on a loaded node: probes queue behind handshakes)."""
+        base = self.config.window
+        if not self._claim_delays or base <= 0:
+            return base
+        return min(max(base, 1.5 * max(self._claim_delays)), max(base, self.config.max_window))
 
     def _agent(self, sid: str) -> str | None:
         environ = self._sio.environ.get(sid) if self._sio is not None else None
@@ -293,6 +305,9 @@ class Takeover:
         if socket is None:
             return "unknown session"
         hold: Hold | None = getattr(socket, "siomesh_hold", None)
+        if hold is not None and (hold.polled or hold.skipped):
+            # a claim for a session that sent its CONNECT by polling: how long it took
+            self._claim_delays.append(asyncio.get_running_loop().time() - hold.created)
         if hold is not None and hold.dispatched and (hold.polled or hold.skipped):
             # its WebSocket landed elsewhere after its packets were dispatched: a kind that
             # does upgrade (a wrong forecast, or a claim later than the window)

@@ -229,3 +229,41 @@ async def test_polling_only_connect_waits_at_most_the_window() -> None:
             assert body.startswith(b"40{") and len(seen) == 1
             assert took < bound, (window, took)
             assert took >= window * 0.5, (window, took)
+
+
+async def test_a_kind_that_never_upgrades_is_no_longer_held() -> None:
+    """After 8 sessions of one User-Agent that polled their CONNECT and were never claimed,
+    the next session of that kind is answered at once; another kind is still held."""
+    o = Owner()
+    o.owner.node.takeover.config = type(o.owner.node.takeover.config)(window=0.05)
+    agent = [(b"user-agent", b"Python/3.11 aiohttp/3.14")]
+    async with o:
+        seen: list[dict[str, Any]] = []
+        _count_connects(o.sio, seen)
+        stats = o.owner.node.stats
+
+        async def connect(headers: Any) -> None:
+            sid = await _handshake(o, headers)
+            query = f"EIO=4&transport=polling&sid={sid}".encode()
+            await call(o.owner, "POST", "/socket.io/", query, [(b"content-length", b"2")], b"40")
+            _, _, body = await asyncio.wait_for(call(o.owner, "GET", "/socket.io/", query), 2)
+            assert body.startswith(b"40{")
+
+        for _ in range(8):
+            await connect(agent)
+        assert stats["takeover_holds_skipped"] == 0
+        await connect(agent)
+        assert stats["takeover_holds_skipped"] == 1
+        await connect([(b"user-agent", b"Mozilla/5.0")])
+        assert stats["takeover_holds_skipped"] == 1
+        assert len(seen) == 10
+
+
+async def test_the_hold_grows_when_claims_come_late() -> None:
+    o = Owner()
+    takeover = o.owner.node.takeover
+    assert takeover.window() == takeover.config.window
+    takeover._claim_delays.extend([0.01, 0.6])
+    assert abs(takeover.window() - 0.9) < 1e-9
+    takeover._claim_delays.append(30.0)
+    assert takeover.window() == takeover.config.max_window
