@@ -33,6 +33,7 @@ from .adapter import MeshManager, install_adapter
 from .cluster import ClusterView, StaticCluster
 from .config import MeshConfig
 from .discovery import EngineTarget, find_engine
+from .engine import EngineSeam
 from .forward import (
     FORWARDED_BY,
     RELAY_REASON_KEY,
@@ -55,10 +56,10 @@ from .metrics import MeshCollector
 from .orphans import guard_poll
 from .recovery import ADOPT_CALL, FETCH_CALL, Recovery
 from .routing import Action, decide
-from .runtime.gossip import GossipRuntime, TrackedSockets
+from .runtime.gossip import GossipRuntime
 from .seams import Hook
 from .selfcheck import self_checks
-from .sessions import drop_session, is_quiet, is_safe_to_drop, track_calls
+from .sessions import count_calls_in, count_calls_out, drop_session, is_quiet, is_safe_to_drop
 from .sid import SidKeys, generation_tag, make_sid, node_tag, parse_sid
 from .takeover import TAKEOVER_CALL, Takeover
 
@@ -191,7 +192,6 @@ class MeshNode:
         )
         self.links.dispatcher.serve(FrameType.REQUEST, self.forwarded.serve_request)
         self.links.dispatcher.serve(FrameType.WS_OPEN, self.forwarded.serve_websocket)
-        self._install_sid_generator()
         self.collector = MeshCollector(
             stats=self.all_stats,
             members=self._member_counts,
@@ -199,11 +199,12 @@ class MeshNode:
             sessions=lambda: len(self.local_sids),
         )
         self.gossip: GossipRuntime | None = None
+        #: the one place the libraries are touched: every part below registers its hooks there
+        self.seam = EngineSeam(eio, self.engine.sio)
         #: upgrade takeover: WebSockets are served where they land (siomesh.takeover)
         self.takeover = Takeover(
             self.config.takeover,
-            eio=eio,
-            sio=self.engine.sio,
+            seam=self.seam,
             links=self.links,
             is_member=lambda url: self.cluster.is_live_member(url),
             stats=self.stats,
@@ -212,29 +213,28 @@ class MeshNode:
         )
         self._relays: dict[str, tuple[str, str]] = {}
         self._forwarded_by: dict[str, dict[str, int]] = {}
-        added: list[Callable[[str, Any], None]] = [
-            lambda _, socket: guard_poll(socket),
-            lambda _, socket: track_calls(socket),
-        ]
-        removed: list[Callable[[str], None]] = []
+        seam = self.seam
+        seam.on_packet_in("takeover.hold", self.takeover.hold)
+        seam.on_packet_in("sessions.calls", count_calls_in)
+        seam.on_packet_out("sessions.calls", count_calls_out)
+        seam.on_poll("orphans.guard", guard_poll)
         if gossip:
             runtime = GossipRuntime(self)
             self.gossip = runtime
             self.cluster = runtime.cluster
-            added.append(lambda sid, _: runtime.sid_added(sid))
-            removed.append(runtime.sid_removed)
+            seam.on_session_added(lambda sid, _: runtime.sid_added(sid))
+            seam.on_session_removed(runtime.sid_removed)
+            seam.on_rooms(runtime.room_entered, runtime.room_left)
             self.on_startup(self._start_gossip)
             self.on_shutdown(runtime.stop)
-        # last: the hold wraps the socket's receive outermost (held packets are counted by
-        # track_calls only when they are dispatched)
-        added.append(self.takeover.on_socket_added)
-        tracked = TrackedSockets(eio.sockets, added, removed)
-        eio.sockets = tracked
-        self.local_sids = tracked
+        # python-socketio takes its per-namespace sids from the same method, so they are
+        # self-routing too.
+        seam.install(self.make_sid)
+        self.local_sids = seam.sockets
         #: connection state recovery (siomesh.recovery); off unless ``recovery.enabled``
         self.recovery = Recovery(
             self.config.recovery,
-            sio=self.engine.sio,
+            seam=seam,
             node_url=self.config.node_url,
             # offsets must never repeat, not even after a restart under the same URL
             node_tag=self.node_tag + self.generation_tag,
@@ -273,11 +273,6 @@ class MeshNode:
     def make_sid(self) -> str:
         """A fresh sid owned by this node (installed as the server's ``generate_id``)."""
         return make_sid(self.keys, self.config.node_url, self.generation, secrets.token_bytes(12))
-
-    def _install_sid_generator(self) -> None:
-        # python-socketio takes its per-namespace sids from the same method, so they are
-        # self-routing too.
-        self.engine.eio.generate_id = self.make_sid
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -657,9 +652,7 @@ class MeshNode:
 
     async def _start_gossip(self) -> None:
         assert self.gossip is not None
-        sio = self.engine.sio
-        if sio is not None:
-            self.gossip.hook_manager(sio.manager)
+        self.seam.hook_rooms()  # the manager the adapter may have installed meanwhile
         await self.gossip.start()
 
     def _member_counts(self) -> dict[str, int]:

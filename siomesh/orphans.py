@@ -7,11 +7,11 @@ node) would never see them: a lost ack, in silence. Cancelling the orphan is no 
 engineio closes the whole session on a cancelled poll and the client sees a *server* disconnect,
 after which python-socketio's client does not reconnect.
 
-So each session's ``poll`` is wrapped (:func:`guard_poll`, installed when the session is
-created). A forwarded request runs with :data:`ORPHANED` set to an event that fires when its
-link closes or its forwarder cancels; the wrapped poll waits for the first packet *or* that
-event, and on the event returns no packets, leaving the queue untouched and the session open.
-Local requests (``ORPHANED`` unset) run python-engineio's own poll unchanged.
+So each session's ``poll`` is wrapped (:func:`guard_poll`, a hook of the engine seam's poll
+stage, :mod:`siomesh.engine`). A forwarded request runs with :data:`ORPHANED` set to an event
+that fires when its link closes or its forwarder cancels; the wrapped poll waits for the first
+packet *or* that event, and on the event returns no packets, leaving the queue untouched and
+the session open. Local requests (``ORPHANED`` unset) run python-engineio's own poll unchanged.
 
 The wrapper mirrors ``engineio.async_socket.AsyncSocket.poll`` of python-engineio 4.x.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engineio import exceptions as eio_exceptions
@@ -43,12 +44,9 @@ ORPHANED: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
 )
 
 
-def guard_poll(socket: Any) -> None:
-    """Wrap ``socket.poll`` (an ``engineio.async_socket.AsyncSocket``) as described above."""
-    original = socket.poll
-    if getattr(original, "_siomesh_guarded", False):
-        return
-
+def guard_poll(socket: Any, original: Callable[[], Awaitable[list[Any]]]) -> Any:
+    """The poll of ``socket`` (an ``engineio.async_socket.AsyncSocket``), guarded as described
+    above around ``original`` (a :class:`siomesh.engine.EngineSeam` poll hook)."""
     overflow: deque[Any] = deque()
     socket.siomesh_overflow = overflow
 
@@ -92,8 +90,7 @@ def guard_poll(socket: Any) -> None:
             return []
         return packets + _get_all(queue, keep_close=True)
 
-    poll._siomesh_guarded = True  # type: ignore[attr-defined]
-    socket.poll = poll
+    return poll
 
 
 def take_queued(socket: Any) -> list[Any]:

@@ -74,6 +74,7 @@ from socketio import packet as sio_packet
 
 from .adapter.wire import WireError, pack, unpack
 from .config import RecoveryConfig
+from .engine import EngineSeam
 from .links.frames import FrameType
 from .links.link import Link, LinkClosed, Stream
 from .links.pool import LinkPool, LinkUnavailable
@@ -234,7 +235,7 @@ class Recovery:
         self,
         config: RecoveryConfig,
         *,
-        sio: Any,
+        seam: EngineSeam,
         node_url: str,
         node_tag: str,
         links: LinkPool,
@@ -247,8 +248,9 @@ class Recovery:
         keys: SidKeys | None = None,
     ) -> None:
         self.config = config
-        self.enabled = config.enabled and sio is not None
-        self._sio = sio
+        self.enabled = config.enabled and seam.sio is not None
+        self._seam = seam
+        self._sio = seam.sio
         self._url = node_url
         self._tag = node_tag
         self._links = links
@@ -316,11 +318,15 @@ class Recovery:
     # -- python-socketio hooks -----------------------------------------------------------------
 
     def _install(self) -> None:
-        sio = self._sio
-        send_packet = sio._send_packet
-        handle_connect = sio._handle_connect
-        handle_disconnect = sio._handle_disconnect
+        """Hook python-socketio through the engine seam (:mod:`siomesh.engine`): CONNECT
+        packets out get the pid, CONNECT packets in may recover, disconnects keep the state."""
+        self._seam.wrap_server(
+            send_packet=self._wrap_send_packet,
+            handle_connect=self._wrap_handle_connect,
+            handle_disconnect=self._wrap_handle_disconnect,
+        )
 
+    def _wrap_send_packet(self, send_packet: Callable[..., Any]) -> Callable[..., Any]:
         async def _send_packet(eio_sid: str, pkt: Any) -> None:
             if (
                 pkt.packet_type == sio_packet.CONNECT
@@ -335,6 +341,9 @@ class Recovery:
                 pkt.data = {**pkt.data, "pid": pid}
             await send_packet(eio_sid, pkt)
 
+        return _send_packet
+
+    def _wrap_handle_connect(self, handle_connect: Callable[..., Any]) -> Callable[..., Any]:
         async def _handle_connect(eio_sid: str, namespace: str, data: Any) -> None:
             namespace = namespace or "/"
             if (
@@ -346,15 +355,16 @@ class Recovery:
                 return
             await handle_connect(eio_sid, namespace, data)
 
+        return _handle_connect
+
+    def _wrap_handle_disconnect(self, handle_disconnect: Callable[..., Any]) -> Callable[..., Any]:
         async def _handle_disconnect(eio_sid: str, namespace: str, reason: Any = None) -> None:
             namespace = namespace or "/"
             with contextlib.suppress(Exception):
                 self._keep(eio_sid, namespace, reason)
             await handle_disconnect(eio_sid, namespace, reason)
 
-        sio._send_packet = _send_packet
-        sio._handle_connect = _handle_connect
-        sio._handle_disconnect = _handle_disconnect
+        return _handle_disconnect
 
     def _bind(self, key: tuple[str, str], pid: str) -> None:
         self.pids[key] = pid
@@ -427,7 +437,7 @@ class Recovery:
             await handle_connect(eio_sid, namespace, data)
             return
         # Live packets for this client wait until the missed ones are queued (see _restore).
-        gate = _Gate(socket)
+        gate = _Gate(socket, self._seam)
         asked = self._loop_time()
         try:
             state = await self._fetch(pid, offset, namespace)
@@ -452,13 +462,7 @@ class Recovery:
         if isinstance(environ, dict):
             environ["siomesh.recovered"] = True
         self._bind((namespace, sid), str(data["pid"]))
-        eio = sio.eio
-        generate = eio.generate_id
-        eio.generate_id = _once(sid, generate)  # python-socketio takes the sid from here
-        try:
-            await handle_connect(eio_sid, namespace, data)
-        finally:
-            eio.generate_id = generate
+        await self._seam.connect_with_sid(sid, lambda: handle_connect(eio_sid, namespace, data))
         manager = sio.manager
         if not manager.is_connected(sid, namespace):
             gate.open([])  # the app refused the connection
@@ -962,39 +966,28 @@ def _as_tuple(skip: Any) -> tuple[Any, ...]:
     return () if skip is None else (skip,)
 
 
-def _once(value: str, fallback: Callable[[], str]) -> Callable[[], str]:
-    used = False
-
-    def generate() -> str:
-        nonlocal used
-        if not used:
-            used = True
-            return value
-        return fallback()
-
-    return generate
-
-
 class _Gate:
     """Holds a restoring client's live packets until its missed ones are queued, then drops
     live packets whose offset was already sent (for :data:`DEDUPE_SECONDS`)."""
 
-    def __init__(self, socket: Any) -> None:
+    def __init__(self, socket: Any, seam: EngineSeam) -> None:
         self.socket = socket
         self.held: list[Any] | None = []
         self.sent: set[str] = set()
-        self.send = socket.send
 
-        async def gated(pkt: Any) -> Any:
-            if pkt.packet_type == eio_packet.MESSAGE and not _is_connect(pkt.data):
-                if self.held is not None:
-                    self.held.append(pkt)
-                    return None
-                if self.sent and _offset_of(pkt.data) in self.sent:
-                    return None
-            return await self.send(pkt)
+        def gate(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            async def gated(pkt: Any) -> Any:
+                if pkt.packet_type == eio_packet.MESSAGE and not _is_connect(pkt.data):
+                    if self.held is not None:
+                        self.held.append(pkt)
+                        return None
+                    if self.sent and _offset_of(pkt.data) in self.sent:
+                        return None
+                return await send(pkt)
 
-        socket.send = gated
+            return gated
+
+        self._restore = seam.override_send(socket, gate)
 
     def open(self, packets: list[Any], sent: set[str] | None = None) -> None:
         """Queue ``packets`` (the missed events), then the held live ones not in ``sent``."""
@@ -1008,14 +1001,14 @@ class _Gate:
             if not (self.sent and _offset_of(pkt.data) in self.sent):
                 queue.put_nowait(pkt)
         if not self.sent:
-            self.socket.send = self.send
+            self._restore()
             return
         loop = asyncio.get_running_loop()
         loop.call_later(DEDUPE_SECONDS, self._close)
 
     def _close(self) -> None:
         self.sent = set()
-        self.socket.send = self.send
+        self._restore()
 
 
 def _is_connect(data: Any) -> bool:

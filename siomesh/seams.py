@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .cluster import ClusterView
 from .config import MeshConfig
+from .engine import EngineSeam
 from .links.pool import LinkPool
 from .sid import SidKeys
 
@@ -43,6 +44,11 @@ class NodeContext(Protocol):
 
     @property
     def cluster(self) -> ClusterView: ...
+
+    @property
+    def seam(self) -> EngineSeam:
+        """The one place the libraries are touched (:mod:`siomesh.engine`)."""
+        ...
 
     @property
     def server(self) -> Any:

@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["drop_session", "is_quiet", "is_safe_to_drop", "track_calls"]
+__all__ = [
+    "count_calls_in",
+    "count_calls_out",
+    "drop_session",
+    "is_quiet",
+    "is_safe_to_drop",
+]
 
 #: A session whose client sent nothing for this long has no rhythm to respect: drop it now.
 IDLE = 1.0
@@ -60,18 +67,21 @@ def _is_ack(data: Any) -> bool:
     return isinstance(data, str) and data[:1] in ("3", "6")
 
 
-def track_calls(socket: Any) -> None:
-    """Count, on an ``engineio.async_socket.AsyncSocket``, the client's calls (events sent with
-    an ack id) whose ack has not been queued yet: ``socket.siomesh_calls``. Draining drops a
-    session only when it is quiet (:func:`is_quiet`), so that no call in flight loses its ack.
-    """
-    if getattr(socket, "siomesh_calls", None) is not None:
-        return
-    socket.siomesh_calls = 0
-    #: when the client's last packet arrived (monotonic), and the gap before it
-    socket.siomesh_last_in = None
-    socket.siomesh_gap = None
-    receive, send = socket.receive, socket.send
+def _start_counting(socket: Any) -> None:
+    if getattr(socket, "siomesh_calls", None) is None:
+        socket.siomesh_calls = 0
+        #: when the client's last packet arrived (monotonic), and the gap before it
+        socket.siomesh_last_in = None
+        socket.siomesh_gap = None
+
+
+def count_calls_in(socket: Any, receive: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Packet-in hook (:mod:`siomesh.engine`): count, on an
+    ``engineio.async_socket.AsyncSocket``, the client's calls (events sent with an ack id)
+    whose ack has not been queued yet (``socket.siomesh_calls``), and note the client's rhythm.
+    Draining drops a session only when it is quiet (:func:`is_quiet`), so that no call in
+    flight loses its ack."""
+    _start_counting(socket)
 
     async def counting_receive(pkt: Any) -> Any:
         now = time.monotonic()
@@ -82,13 +92,19 @@ def track_calls(socket: Any) -> None:
             socket.siomesh_calls += 1
         return await receive(pkt)
 
+    return counting_receive
+
+
+def count_calls_out(socket: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Packet-out hook: an ack queued for the client ends one of its calls."""
+    _start_counting(socket)
+
     async def counting_send(pkt: Any) -> Any:
         if pkt.packet_type == 4 and _is_ack(pkt.data) and socket.siomesh_calls > 0:
             socket.siomesh_calls -= 1
         return await send(pkt)
 
-    socket.receive = counting_receive
-    socket.send = counting_send
+    return counting_send
 
 
 def is_quiet(socket: Any) -> bool:

@@ -57,9 +57,9 @@ from collections.abc import Callable
 from typing import Any
 
 from engineio import packet as eio_packet
-from engineio.async_socket import AsyncSocket
 
 from .config import TakeoverConfig
+from .engine import EngineSeam
 from .links.frames import FrameType, RequestMeta
 from .links.link import Link, LinkClosed, Stream
 from .links.pool import LinkPool, LinkUnavailable
@@ -149,8 +149,7 @@ class Takeover:
         self,
         config: TakeoverConfig,
         *,
-        eio: Any,
-        sio: Any,
+        seam: EngineSeam,
         links: LinkPool,
         is_member: Callable[[str], bool],
         stats: dict[str, int],
@@ -158,9 +157,10 @@ class Takeover:
         on_moved: Callable[[str, float], None] | None = None,
     ) -> None:
         self.config = config
-        self.enabled = config.enabled and sio is not None
-        self._eio = eio
-        self._sio = sio
+        self.enabled = config.enabled and seam.sio is not None
+        self._seam = seam
+        self._eio = seam.eio
+        self._sio = seam.sio
         self._links = links
         self._is_member = is_member
         self._pointer_ttl = pointer_ttl
@@ -186,22 +186,20 @@ class Takeover:
         self._pointer_expiry: deque[tuple[float, str]] = deque()
         #: sid -> set once this node's claim on it ended (installed or not)
         self.pending: dict[str, asyncio.Event] = {}
-        self._installing: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
         #: per-session notes for the demo and for debugging: sid -> how it moved
         self.origins: dict[str, str] = {}
 
     # -- owner side: holding -------------------------------------------------------------------
 
-    def on_socket_added(self, sid: str, socket: Any) -> None:
-        """TrackedSockets hook: hold every session created here by a handshake (not one this
-        node installs from a takeover)."""
-        if not self.enabled or sid in self._installing:
-            return
-        if getattr(socket, "siomesh_hold", None) is not None:
-            return
+    def hold(self, socket: Any, receive: Callable[[Any], Any]) -> Any:
+        """Packet-in hook (:mod:`siomesh.engine`, outermost): hold every session created here
+        by a handshake (not one this node installs from a takeover)."""
+        if not self.enabled or getattr(socket, "siomesh_installed", False):
+            return receive
+        sid = socket.sid
         loop = asyncio.get_running_loop()
-        hold = Hold(socket.receive, loop.time())
+        hold = Hold(receive, loop.time())
         socket.siomesh_hold = hold
 
         async def held_receive(pkt: Any) -> Any:
@@ -246,7 +244,7 @@ class Takeover:
                     await self.release(socket)  # the transport settled on this node
             return result
 
-        socket.receive = held_receive
+        return held_receive
 
     @staticmethod
     async def _dispatch(hold: Hold, pkt: Any) -> Any:
@@ -263,8 +261,8 @@ class Takeover:
         return min(max(base, 1.5 * max(self._claim_delays)), max(base, self.config.max_window))
 
     def _agent(self, sid: str) -> str | None:
-        environ = self._sio.environ.get(sid) if self._sio is not None else None
-        agent = environ.get("HTTP_USER_AGENT") if isinstance(environ, dict) else None
+        environ = self._seam.environ(sid)
+        agent = environ.get("HTTP_USER_AGENT") if environ is not None else None
         return agent if isinstance(agent, str) else None
 
     def _release_later(self, socket: Any) -> None:
@@ -322,8 +320,8 @@ class Takeover:
             return "the session's transport settled here"
         if not self._is_member(to):
             return "not a live member"
-        environ = self._sio.environ.get(sid) if self._sio is not None else None
-        scope = environ.get("asgi.scope") if isinstance(environ, dict) else None
+        environ = self._seam.environ(sid)
+        scope = environ.get("asgi.scope") if environ is not None else None
         if not isinstance(scope, dict):
             return "no handshake environ"
         if hold.polled:
@@ -453,19 +451,14 @@ class Takeover:
         async def send(message: dict[str, Any]) -> None:
             return None
 
-        environ = await self._eio._async["translate_request"](scope, receive, send)
+        environ = await self._seam.translate_request(scope, receive, send)
         environ["siomesh.taken_over_from"] = owner
-        socket = AsyncSocket(self._eio, sid)
-        socket.connected = True
-        self._installing.add(sid)
-        try:
-            self._eio.sockets[sid] = socket
-        finally:
-            self._installing.discard(sid)
+        socket = self._seam.new_session(sid, piped=False)
+        self._eio.sockets[sid] = socket
         self.origins[sid] = owner
         if len(self.origins) > 4 * max(1, len(self._eio.sockets)) + 1024:
             self._prune_origins()
-        await self._eio._trigger_event("connect", sid, environ, run_async=False)
+        await self._seam.run_connect(sid, environ)
         for pkt in queued:
             socket.queue.put_nowait(pkt)
         socket.schedule_ping()

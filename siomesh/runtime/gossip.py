@@ -6,9 +6,9 @@
   its pending queue full, buffer full, dial backing off) is dropped and counted; the protocol
   tolerates loss. The sender of a received message is the link's authenticated peer.
 * Timers: one task calls ``Node.tick`` no later than ``Node.next_tick_at`` (capped at 250 ms).
-* Directory: this node's Engine.IO sids (from the server's ``sockets`` dict), Socket.IO sids per
-  namespace and room memberships (from the client manager's ``basic_enter_room`` /
-  ``basic_leave_room``) are published as they change, whatever client manager is installed.
+* Directory: this node's Engine.IO sids, Socket.IO sids per namespace and room memberships are
+  published as they change, whatever client manager is installed (the node registers
+  :meth:`GossipRuntime.sid_added` and friends with the engine seam, :mod:`siomesh.engine`).
 * Seeds: URLs, or ``dns+http://name:port`` names re-resolved every ``DNS_INTERVAL`` seconds.
 * :class:`GossipCluster` is the :class:`~siomesh.cluster.ClusterView` that routing and the
   adapter read: O(1) per request except a directory probe that is O(origins).
@@ -25,7 +25,7 @@ import random
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..cluster import MemberRef
@@ -40,7 +40,7 @@ from ..sid import SidKeys, generation_tag, node_tag
 if TYPE_CHECKING:
     from ..seams import NodeContext
 
-__all__ = ["GossipCluster", "GossipRuntime", "TrackedSockets"]
+__all__ = ["GossipCluster", "GossipRuntime"]
 
 log = logging.getLogger("siomesh.gossip")
 
@@ -49,47 +49,6 @@ DNS_INTERVAL = 10.0
 #: to it: it drains them (``drain_timeout``, 3 s by default) before it exits.
 LEAVING_WINDOW = 30.0
 _MAX_TICK_SLEEP = 0.25
-
-
-class TrackedSockets(dict[str, Any]):
-    """python-engineio's ``sockets`` dict, reporting sids added and removed.
-
-    python-engineio only uses ``d[sid] = s``, ``del d[sid]``, ``in``, ``get`` and iteration on
-    it, so overriding the two writers is enough; ``pop`` is covered for safety.
-    """
-
-    def __init__(
-        self,
-        initial: dict[str, Any],
-        on_add: list[Callable[[str, Any], None]],
-        on_remove: list[Callable[[str], None]],
-    ) -> None:
-        super().__init__(initial)
-        self._on_add = on_add
-        self._on_remove = on_remove
-        for key, value in initial.items():
-            for hook in on_add:
-                hook(key, value)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        new = key not in self
-        super().__setitem__(key, value)
-        if new:
-            for hook in self._on_add:
-                hook(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        for hook in self._on_remove:
-            hook(key)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        present = key in self
-        value = super().pop(key, *default)
-        if present:
-            for hook in self._on_remove:
-                hook(key)
-        return value
 
 
 class GossipCluster:
@@ -328,27 +287,16 @@ class GossipRuntime:
             return None  # a sid's own room: the sid tag already routes it
         return room_key(namespace, str(room), sid)
 
-    def hook_manager(self, manager: Any) -> None:
-        """Publish Socket.IO sids and rooms as ``manager`` changes them (any manager class)."""
-        enter = manager.basic_enter_room
-        leave = manager.basic_leave_room
-        runtime = self
+    def room_entered(self, manager: Any, sid: str, namespace: str, room: Any) -> None:
+        """Engine seam room hook (:meth:`siomesh.engine.EngineSeam.on_rooms`): publish it."""
+        key = self._room_key(namespace, room, sid)
+        if key is not None:
+            self.node.add_local(key)
 
-        def basic_enter_room(sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
-            enter(sid, namespace, room, eio_sid=eio_sid)
-            key = runtime._room_key(namespace, room, sid)
-            if key is not None:
-                runtime.node.add_local(key)
-
-        def basic_leave_room(sid: str, namespace: str, room: Any) -> None:
-            present = sid in manager.rooms.get(namespace, {}).get(room, {})
-            leave(sid, namespace, room)
-            key = runtime._room_key(namespace, room, sid)
-            if present and key is not None:
-                runtime.node.remove_local(key)
-
-        manager.basic_enter_room = basic_enter_room
-        manager.basic_leave_room = basic_leave_room
+    def room_left(self, manager: Any, sid: str, namespace: str, room: Any) -> None:
+        key = self._room_key(namespace, room, sid)
+        if key is not None:
+            self.node.remove_local(key)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

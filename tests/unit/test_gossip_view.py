@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from siomesh.engine import TrackedSockets
 from siomesh.protocol.membership import GossipConfig
 from siomesh.protocol.messages import MemberUpdate, Push, State
 from siomesh.protocol.node import Node
-from siomesh.runtime.gossip import GossipCluster, TrackedSockets
+from siomesh.runtime.gossip import GossipCluster
 from siomesh.sid import SidKeys, generation_tag, node_tag
 
 KEYS = SidKeys.from_secret("gossip-view-secret-0123456789")

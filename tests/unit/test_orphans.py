@@ -10,6 +10,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet, payload
 from engineio.async_socket import AsyncSocket
 
+from siomesh.engine import EngineSeam
 from siomesh.orphans import MAX_POLL_PACKETS, ORPHANED, guard_poll, take_queued
 
 T = 2.0
@@ -19,8 +20,11 @@ def make_socket(ping_interval: float = 25, ping_timeout: float = 20) -> AsyncSoc
     server = engineio.AsyncServer(
         async_mode="asgi", ping_interval=ping_interval, ping_timeout=ping_timeout
     )
+    seam = EngineSeam(server, None)
+    seam.on_poll("orphans.guard", guard_poll)
+    seam.install(lambda: "sid-under-test")
     socket = AsyncSocket(server, "sid-under-test")
-    guard_poll(socket)
+    server.sockets[socket.sid] = socket  # the seam composes its pipeline
     return socket
 
 
@@ -41,7 +45,8 @@ async def orphanable_poll(socket: AsyncSocket, orphaned: asyncio.Event) -> list[
 def test_guard_is_installed_once() -> None:
     socket = make_socket()
     guarded = socket.poll
-    guard_poll(socket)
+    socket.server.sockets.pop(socket.sid)
+    socket.server.sockets[socket.sid] = socket  # registered again: not wrapped twice
     assert socket.poll is guarded
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from siomesh.config import RecoveryConfig
+from siomesh.engine import EngineSeam
 from siomesh.recovery import (
     HANDOFF_WAIT,
     MAX_FORWARDS,
@@ -56,7 +57,7 @@ def node(url: str, peers: Peers, *, keys: SidKeys | None = KEYS) -> Recovery:
 
     recovery = Recovery(
         RecoveryConfig(enabled=True, max_sessions=3),
-        sio=None,
+        seam=EngineSeam(None, None),
         node_url=url,
         node_tag="tagtagtg",
         links=None,  # type: ignore[arg-type]
