@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
 __all__ = [
@@ -304,6 +305,20 @@ class EngineSeam:
         socket.connected = True
         socket.siomesh_installed = not piped
         return socket
+
+    def retire_session(self, socket: Any) -> None:
+        """Stop a session that moves to another node, without a CLOSE to its client: a
+        pending long-poll is answered with a NOOP (the client polls again, elsewhere), the ping
+        task stops. Does not await. Then :meth:`forget_session`."""
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        socket.closing = socket.closed = True
+
+    def forget_session(self, sid: str) -> None:
+        """Remove session ``sid`` from the servers (no disconnect event: it lives on
+        elsewhere)."""
+        self.eio.sockets.pop(sid, None)
+        if self.sio is not None:
+            self.sio.environ.pop(sid, None)
 
     async def run_connect(self, sid: str, environ: dict[str, Any]) -> None:
         """Run the server's Engine.IO ``connect`` event for ``sid`` (python-socketio stores the

@@ -333,13 +333,11 @@ class Takeover:
             hold.timer.cancel()
             hold.timer = None
         hold.phase = "moved"
-        # Wake a pending long-poll: the client polls again and reaches the new owner.
-        socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
-        socket.closing = socket.closed = True  # stops its ping task; no CLOSE is sent
+        # a pending long-poll gets a NOOP: the client polls again and reaches the new owner
+        self._seam.retire_session(socket)
         if self._on_moved is not None:
             self._on_moved(sid, self._pointer_ttl)
-        self._eio.sockets.pop(sid, None)
-        self._sio.environ.pop(sid, None)
+        self._seam.forget_session(sid)
         self._add_pointer(sid, to)
         self.stats["sessions_handed_off"] += 1
         meta = RequestMeta.from_scope(scope, list(scope.get("headers", [])))
