@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from .config import normalize_url
-from .links.frames import FrameType
+from .links.calls import CallFailed
 from .links.pool import LinkPool, LinkUnavailable
 from .node import NODE_DRAIN_CALL
 
@@ -41,14 +41,12 @@ async def drain_node(url: str, secret: str, *, mesh_path: str, timeout: float) -
         max_frame=1 << 20,
     )
     try:
-        link = await asyncio.wait_for(pool.get(target, "control"), timeout)
-        stream = link.open_stream()
-        if not stream.send(FrameType.CALL, NODE_DRAIN_CALL):
-            raise LinkUnavailable(f"{target}: link closed")
-        kind, payload = await stream.next(timeout)
-        if kind is not FrameType.REPLY or payload[:1] != b"\x00":
-            raise LinkUnavailable(f"{target}: {payload[1:].decode('utf-8', 'replace')}")
-        answer: dict[str, Any] = json.loads(payload[1:])
+        await asyncio.wait_for(pool.get(target, "control"), timeout)
+        try:
+            payload = await pool.calls.call(target, NODE_DRAIN_CALL, timeout=timeout)
+        except CallFailed as exc:
+            raise LinkUnavailable(f"{target}: {exc}") from exc
+        answer: dict[str, Any] = json.loads(payload)
         return answer
     finally:
         await pool.close()

@@ -50,23 +50,23 @@ from .forward import (
     read_body,
 )
 from .links.frames import FrameType
-from .links.link import Link, Stream
+from .links.link import Link
 from .links.pool import LinkPool
 from .metrics import MeshCollector
 from .orphans import guard_poll
-from .recovery import ADOPT_CALL, FETCH_CALL, Recovery
+from .recovery import Recovery
 from .routing import Action, decide
 from .runtime.gossip import GossipRuntime
 from .seams import Hook
 from .selfcheck import self_checks
 from .sessions import count_calls_in, count_calls_out, drop_session, is_quiet, is_safe_to_drop
 from .sid import SidKeys, generation_tag, make_sid, node_tag, parse_sid
-from .takeover import TAKEOVER_CALL, Takeover
+from .takeover import Takeover
 
 __all__ = ["NODE_DRAIN_CALL", "MeshNode", "respond", "sid_of", "tagging_send"]
 
-#: The body of the call that ``siomesh drain URL`` sends over a control link.
-NODE_DRAIN_CALL = b'{"op":"node.drain"}'
+#: The call that ``siomesh drain URL`` sends over a control link.
+NODE_DRAIN_CALL = "node.drain"
 
 log = logging.getLogger("siomesh")
 
@@ -248,9 +248,10 @@ class MeshNode:
             call_timeout=self.config.request_timeout,
         )
         self.adapter: MeshManager | None = install_adapter(self) if adapter else None
-        # Calls: the node's own operations (``siomesh drain``), the rest to the adapter.
-        self._adapter_calls = self.links.dispatcher.handlers.get(FrameType.CALL)
-        self.links.dispatcher.serve(FrameType.CALL, self._serve_call)
+        # Calls over links (siomesh.links.calls): each part serves its own operations.
+        self.takeover.serve_calls(self.links.calls)
+        self.recovery.serve_calls(self.links.calls)
+        self.links.calls.serve(NODE_DRAIN_CALL, self._serve_drain)
 
     # -- the NodeContext seam (siomesh.seams) ----------------------------------------------------
 
@@ -384,29 +385,17 @@ class MeshNode:
         member = self.cluster.member_by_tag(parts.node_tag)
         return member.url if member is not None else None
 
-    async def _serve_call(self, link: Link, stream: Stream, payload: bytes) -> None:
-        if payload.startswith((FETCH_CALL, ADOPT_CALL)):
-            await self.recovery.serve_call(link, stream, payload)
-            return
-        if payload.startswith(TAKEOVER_CALL):
-            await self.takeover.serve_claim(link, stream, payload)
-            return
-        if payload.startswith(NODE_DRAIN_CALL):
-            # ``siomesh drain URL``: an authenticated peer (it proved the secret) asks this
-            # node to drain now, e.g. from a Kubernetes preStop hook; answered when done.
-            log.warning("siomesh node %s: drain requested by %s", self.config.node_url, link.peer)
-            await self.drain()
-            reply: dict[str, object] = {
-                "node": self.config.node_url,
-                "state": self.state,
-                "drained_sessions": self.stats.get("drained_sessions", 0),
-            }
-            stream.send(FrameType.REPLY, b"\x00" + json.dumps(reply).encode())
-            return
-        if self._adapter_calls is not None:
-            await self._adapter_calls(link, stream, payload)
-        else:
-            stream.send(FrameType.REPLY, b"\x01no adapter on this node")
+    async def _serve_drain(self, link: Link, body: bytes) -> bytes:
+        """``siomesh drain URL``: an authenticated peer (it proved the secret) asks this node
+        to drain now, e.g. from a Kubernetes preStop hook; answered when done."""
+        log.warning("siomesh node %s: drain requested by %s", self.config.node_url, link.peer)
+        await self.drain()
+        reply: dict[str, object] = {
+            "node": self.config.node_url,
+            "state": self.state,
+            "drained_sessions": self.stats.get("drained_sessions", 0),
+        }
+        return json.dumps(reply).encode()
 
     async def _drop_when_quiet(self, sid: str, until: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -75,8 +75,8 @@ from socketio import packet as sio_packet
 from .adapter.wire import WireError, pack, unpack
 from .config import RecoveryConfig
 from .engine import EngineSeam
-from .links.frames import FrameType
-from .links.link import Link, LinkClosed, Stream
+from .links.calls import CallFailed, CallRefused, Calls
+from .links.link import Link, LinkClosed
 from .links.pool import LinkPool, LinkUnavailable
 from .sid import SidKeys, parse_sid
 
@@ -84,8 +84,8 @@ __all__ = ["ADOPT_CALL", "FETCH_CALL", "MAX_FORWARDS", "Recovery", "successors"]
 
 log = logging.getLogger("siomesh.recovery")
 
-FETCH_CALL = b'{"op":"recovery.fetch"'
-ADOPT_CALL = b'{"op":"recovery.adopt"'
+FETCH_CALL = "recovery.fetch"
+ADOPT_CALL = "recovery.adopt"
 
 #: python-socketio disconnect reasons after which a session is kept for recovery
 RECOVERABLE = frozenset({"transport error", "transport close", "ping timeout"})
@@ -686,22 +686,17 @@ class Recovery:
         request: dict[str, Any] = {"pid": pid, "offset": offset, "namespace": namespace}
         if forwarded:
             request["forwarded"] = True
+        self.stats["recovery_fetches_sent"] += 1
         try:
-            link = await self._links.get(peer, "control")
-            stream = link.open_stream()
-            try:
-                body = FETCH_CALL + b"," + json.dumps(request).encode()[1:]
-                if not stream.send(FrameType.CALL, body):
-                    return None
-                self.stats["recovery_fetches_sent"] += 1
-                kind, payload = await stream.next(self._timeout if timeout is None else timeout)
-            finally:
-                stream.close()
-        except (LinkUnavailable, LinkClosed, asyncio.TimeoutError):
+            payload = await self._links.calls.call(
+                peer,
+                FETCH_CALL,
+                json.dumps(request).encode(),
+                timeout=self._timeout if timeout is None else timeout,
+            )
+        except (LinkUnavailable, LinkClosed, asyncio.TimeoutError, CallFailed):
             return None
-        if kind is not FrameType.REPLY or not payload or payload[0] != 0:
-            return None
-        answer = json.loads(payload[1:])
+        answer = json.loads(payload)
         if not isinstance(answer, dict):
             return None
         if answer.get("refused"):
@@ -770,27 +765,40 @@ class Recovery:
 
     # -- serving peers -------------------------------------------------------------------------
 
-    async def serve_call(self, link: Link, stream: Stream, payload: bytes) -> None:
-        try:
-            request = json.loads(payload)
-            op = request["op"]
-        except (ValueError, KeyError, TypeError):
-            stream.send(FrameType.REPLY, b"\x01malformed recovery call")
-            return
+    def serve_calls(self, calls: Calls) -> None:
+        """Serve ``recovery.fetch`` and ``recovery.adopt`` calls from peers."""
+        calls.serve(FETCH_CALL, self._serve_fetch_call)
+        calls.serve(ADOPT_CALL, self._serve_adopt_call)
+
+    async def _serve_fetch_call(self, link: Link, body: bytes) -> bytes:
+        request = self._request(body)
         if not self.enabled:
-            stream.send(FrameType.REPLY, b"\x00{}")
-            return
+            return b"{}"
         try:
-            if op == "recovery.fetch":
-                reply = await self._serve_fetch(request, link.peer)
-            elif op == "recovery.adopt":
-                reply = self._adopt(request, link.peer)
-            else:
-                raise WireError(f"unknown op {op!r}")
+            reply = await self._serve_fetch(request, link.peer)
         except (WireError, ValueError, TypeError, KeyError) as exc:
-            stream.send(FrameType.REPLY, b"\x01" + f"bad recovery call: {exc}".encode())
-            return
-        stream.send(FrameType.REPLY, b"\x00" + json.dumps(reply).encode())
+            raise CallRefused(f"bad recovery call: {exc}") from exc
+        return json.dumps(reply).encode()
+
+    async def _serve_adopt_call(self, link: Link, body: bytes) -> bytes:
+        request = self._request(body)
+        if not self.enabled:
+            return b"{}"
+        try:
+            reply = self._adopt(request, link.peer)
+        except (WireError, ValueError, TypeError, KeyError) as exc:
+            raise CallRefused(f"bad recovery call: {exc}") from exc
+        return json.dumps(reply).encode()
+
+    @staticmethod
+    def _request(body: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(body)
+        except ValueError as exc:
+            raise CallRefused("malformed recovery call") from exc
+        if not isinstance(request, dict):
+            raise CallRefused("malformed recovery call")
+        return request
 
     async def _serve_fetch(self, request: dict[str, Any], peer: str) -> dict[str, Any]:
         pid, offset = request["pid"], request["offset"]
@@ -915,24 +923,12 @@ class Recovery:
         ]
         for peer in successors(self._url, self._live_peers()):
             pointers = [[pid, url] for pid, url in self.adopters.items() if url != peer]
-            body = (
-                ADOPT_CALL
-                + b","
-                + json.dumps({"groups": groups_wire, "pointers": pointers}).encode()[1:]
-            )
+            body = json.dumps({"groups": groups_wire, "pointers": pointers}).encode()
             try:
-                link = await self._links.get(peer, "control")
-                stream = link.open_stream()
-                try:
-                    if not stream.send(FrameType.CALL, body):
-                        continue
-                    kind, payload = await stream.next(self._timeout)
-                finally:
-                    stream.close()
-            except (LinkUnavailable, LinkClosed, asyncio.TimeoutError):
+                await self._links.calls.call(peer, ADOPT_CALL, body, timeout=self._timeout)
+            except (LinkUnavailable, LinkClosed, asyncio.TimeoutError, CallFailed):
                 continue
-            if kind is FrameType.REPLY and payload[:1] == b"\x00":
-                return peer
+            return peer
         return None
 
     def sizes(self) -> dict[str, int]:

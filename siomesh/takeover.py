@@ -60,8 +60,9 @@ from engineio import packet as eio_packet
 
 from .config import TakeoverConfig
 from .engine import EngineSeam
-from .links.frames import FrameType, RequestMeta
-from .links.link import Link, LinkClosed, Stream
+from .links.calls import CallFailed, CallRefused, Calls
+from .links.frames import RequestMeta
+from .links.link import Link, LinkClosed
 from .links.pool import LinkPool, LinkUnavailable
 from .orphans import take_queued
 from .upgrade_forecast import UpgradeForecast
@@ -70,8 +71,8 @@ __all__ = ["TAKEOVER_CALL", "Hold", "Takeover"]
 
 log = logging.getLogger("siomesh.takeover")
 
-#: The start of the call a node sends to take a session over (followed by the sid).
-TAKEOVER_CALL = b'{"op":"session.takeover","sid":'
+#: The call a node sends to take a session over (body: ``{"sid": ...}``).
+TAKEOVER_CALL = "session.takeover"
 
 #: Held packets per session beyond which the hold ends early (nothing from a client is buffered
 #: without bound).
@@ -358,28 +359,31 @@ class Takeover:
             return None
         return target
 
-    async def serve_claim(self, link: Link, stream: Stream, payload: bytes) -> None:
+    def serve_calls(self, calls: Calls) -> None:
+        """Serve ``session.takeover`` calls (peers claiming a session of this node)."""
+        calls.serve(TAKEOVER_CALL, self._serve_claim, unsent=self._claim_unsent)
+
+    async def _serve_claim(self, link: Link, body: bytes) -> bytes:
         """Answer a ``session.takeover`` call from ``link.peer`` (authenticated by the link)."""
         try:
-            sid = json.loads(payload)["sid"]
+            sid = json.loads(body)["sid"]
             if not isinstance(sid, str):
                 raise TypeError("sid")
-        except (ValueError, TypeError, KeyError):
-            stream.send(FrameType.REPLY, b"\x01malformed takeover call")
-            return
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CallRefused("malformed takeover call") from exc
         if not self.enabled:
-            stream.send(FrameType.REPLY, b"\x01takeover is disabled on the owner")
-            return
+            raise CallRefused("takeover is disabled on the owner")
         result = self.hand_off(sid, link.peer)
         if isinstance(result, str):
-            stream.send(FrameType.REPLY, b"\x01" + result.encode())
-            return
+            raise CallRefused(result)
         log.debug("siomesh: session %s handed to %s", sid, link.peer)
-        if not stream.send(FrameType.REPLY, b"\x00" + json.dumps(result).encode()):
-            # the claimer cannot learn it: its client's WebSocket gets relayed to us, follows
-            # the pointer back to it and is refused there; the client reconnects
-            self.stats["takeover_lost"] += 1
-            log.warning("siomesh: the takeover answer for %s could not be sent", sid)
+        return json.dumps(result).encode()
+
+    def _claim_unsent(self, link: Link, body: bytes) -> None:
+        # the claimer cannot learn it: its client's WebSocket gets relayed to us, follows the
+        # pointer back to it and is refused there; the client reconnects
+        self.stats["takeover_lost"] += 1
+        log.warning("siomesh: a takeover answer to %s could not be sent", link.peer)
 
     # -- taker side ----------------------------------------------------------------------------
 
@@ -420,20 +424,13 @@ class Takeover:
             done.set()
 
     async def _ask(self, sid: str, owner: str) -> dict[str, Any] | str:
-        link = await self._links.get(owner, "control")
-        stream = link.open_stream()
         try:
-            body = TAKEOVER_CALL + json.dumps(sid).encode() + b"}"
-            if not stream.send(FrameType.CALL, body):
-                raise LinkUnavailable(f"{owner}: link closed or full")
-            kind, payload = await stream.next(self.config.timeout)
-        finally:
-            stream.close()
-        if kind is not FrameType.REPLY or not payload:
-            return f"unexpected {kind.name} answer"
-        if payload[0] != 0:
-            return payload[1:].decode("utf-8", "replace")
-        state = json.loads(payload[1:])
+            answer = await self._links.calls.call(
+                owner, TAKEOVER_CALL, json.dumps({"sid": sid}).encode(), timeout=self.config.timeout
+            )
+        except CallFailed as exc:
+            return str(exc)
+        state = json.loads(answer)
         if not isinstance(state, dict):
             return "malformed answer"
         return state

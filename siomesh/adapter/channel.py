@@ -22,12 +22,24 @@ Contract:
   duplicate), before anything sent later. A gap carries the sequence number of the last message
   it replaces: a receiver that did apply all of them (they were in its socket buffer while it
   was frozen) skips it as a duplicate, rightly, since it missed none of them.
+* Emit-completion order: a message may belong to an :class:`Emission` (one emit, sent to
+  several peers), which the emitting coroutine awaits until every peer it was sent to has
+  acknowledged it (the receiver acknowledges once the message is applied: delivered into its
+  clients' queues). A peer that does not acknowledge within the emit's bound is marked
+  *lagging* (:meth:`PeerChannel.lag`): emits stop waiting for it until it has acknowledged
+  everything it had been sent by then. The channel's *stable* watermark is the highest
+  sequence number up to which every message's emission is complete (applied everywhere it
+  went, or given up on); the peer is told it (:meth:`PeerChannel.notify_stable`, an
+  ``ADAPTER_ACK`` frame whose extra 16 bytes are this node's epoch and the watermark), so that
+  it can keep causal order: it does not send a message of its own to its peers before what it
+  applied from this node is stable.
 
 Use from the node's event loop only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -40,7 +52,7 @@ from ..links.frames import FrameType, encode_u64_pair
 from ..links.link import Link
 from ..ratelimit import RateLimitedLog
 
-__all__ = ["LinkSettings", "PeerChannel", "Targets", "merge_targets"]
+__all__ = ["Emission", "LinkSettings", "PeerChannel", "Targets", "merge_targets", "stable_notice"]
 
 log = logging.getLogger("siomesh.adapter")
 
@@ -49,6 +61,35 @@ Targets = dict[str, list[Any] | None]
 
 #: Seconds without an acknowledgement, while messages wait, after which a WARNING says so.
 STALL_WARNING = 5.0
+
+
+def stable_notice(epoch: int, stable: int) -> bytes:
+    """An ``ADAPTER_ACK`` payload that acknowledges nothing (epoch 0 is never a sender's) and
+    carries this node's ``epoch`` and its stable watermark for the receiving peer. A node that
+    predates stable watermarks reads the first 16 bytes only, and ignores the frame."""
+    return encode_u64_pair(0, 0, encode_u64_pair(epoch, stable))
+
+
+class Emission:
+    """One message (an emit, a room change, ...) sent to one or more peers, as its sender
+    waits for it: ``pending`` peers have not acknowledged it yet (lagging peers are not waited
+    for); ``done`` once the sender stopped waiting (everyone acknowledged, or the bound was
+    hit). ``waiter`` (set by the one who waits) is resolved when ``pending`` reaches 0."""
+
+    __slots__ = ("done", "entries", "pending", "waiter")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.done = False
+        self.waiter: asyncio.Future[None] | None = None
+        #: (channel, sequence number) of each peer it was queued for
+        self.entries: list[tuple[PeerChannel, int]] = []
+
+    def acked(self) -> None:
+        """One peer applied it (or will not be waited for)."""
+        self.pending -= 1
+        if self.pending <= 0 and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 def merge_targets(into: Targets, more: Targets) -> None:
@@ -113,8 +154,17 @@ class PeerChannel:
         #: when the peer last acknowledged, or the queue last became non-empty (monotonic)
         self._progress_at = time.monotonic()
         self._stalled_since: float | None = None
+        #: emissions waiting for this peer's acknowledgement, by sequence number
+        self._awaiting: deque[tuple[int, Emission]] = deque()
+        #: emissions not done yet, by sequence number (they hold the stable watermark back)
+        self._unstable: deque[tuple[int, Emission]] = deque()
+        self._stable_sent = -1  # the watermark last told to the peer (-1: nothing told yet)
+        #: emits do not wait for this peer until it acknowledges ``_lag_mark`` (see ``lag``)
+        self.lagging = False
+        self._lag_mark = 0
         self.stats = {
             "sent": 0, "resent": 0, "acked": 0, "gap_messages": 0, "gaps": 0, "stalls": 0,
+            "order_timeouts": 0,
         }  # fmt: skip
 
     def __len__(self) -> int:
@@ -124,8 +174,15 @@ class PeerChannel:
     def idle(self) -> bool:
         return not self._unsent and not self._unacked
 
-    def enqueue(self, text: str, targets: Targets) -> bool:
-        """Queue one encoded message; False when it was folded into a gap instead."""
+    @property
+    def stable(self) -> int:
+        """The highest sequence number up to which every message's emission is done."""
+        return self._unstable[0][0] - 1 if self._unstable else self._seq
+
+    def enqueue(self, text: str, targets: Targets, emission: Emission | None = None) -> bool:
+        """Queue one encoded message; False when it was folded into a gap instead. With an
+        ``emission``, the message is waited for (unless the peer is lagging) and holds the
+        stable watermark back until the emission is done."""
         if self.idle:
             self._progress_at = time.monotonic()
         self._skipping = False
@@ -142,8 +199,65 @@ class PeerChannel:
             return False
         self._unsent.append(_Item(self._seq, self._seq, text, targets))
         self._messages += 1
+        if emission is not None:
+            self._unstable.append((self._seq, emission))
+            emission.entries.append((self, self._seq))
+            if not self.lagging:
+                self._awaiting.append((self._seq, emission))
+                emission.pending += 1
         self.pump()
         return True
+
+    def waits_for(self, seq: int) -> bool:
+        """Whether message ``seq`` is still waited for (not acknowledged, peer not lagging)."""
+        return bool(self._awaiting) and self._awaiting[0][0] <= seq
+
+    def lag(self, why: str, bound: float) -> None:
+        """The peer did not apply a message within an emit's bound (``why``): stop waiting for
+        it (every emission waiting for it is released) until it has acknowledged everything
+        sent to it so far. Counted (``order_timeouts``) and said once per episode."""
+        self._release()
+        if self.lagging:
+            return
+        self.lagging = True
+        self._lag_mark = self._seq
+        self.stats["order_timeouts"] += 1
+        self._warn.warning(
+            ("lagging", self.peer),
+            "adapter: %s has not applied a message within adapter.order_timeout (%.2f s; %s): "
+            "emits stop waiting for it until it catches up; meanwhile its clients may get "
+            "messages from different nodes out of order (nothing is lost: what it misses is "
+            "held for it, or its clients are disconnected to resync)",
+            self.peer,
+            bound,
+            why,
+        )
+
+    def _release(self) -> None:
+        while self._awaiting:
+            self._awaiting.popleft()[1].acked()
+
+    def settle(self) -> bool:
+        """Drop done emissions from the front; True when the stable watermark moved past what
+        the peer was last told."""
+        while self._unstable and self._unstable[0][1].done:
+            self._unstable.popleft()
+        return self.stable > self._stable_sent
+
+    def notify_stable(self) -> None:
+        """Tell the peer the stable watermark, if it moved and a link is up (a new link is
+        told at once, before anything else is sent on it)."""
+        if self.stable <= self._stable_sent:
+            return
+        link = self._current_link(self.peer)
+        if link is None:
+            return
+        if link is not self._link:
+            self.pump()  # adopts the link: announces the watermark, resends what is unacked
+            if link is self._link:
+                return
+        if link.send(FrameType.ADAPTER_ACK, 0, stable_notice(self.epoch, self.stable)):
+            self._stable_sent = self.stable
 
     def skip(self, targets: Targets, why: str) -> None:
         """Record that a message for ``targets`` was not sent to the peer, because it is not a
@@ -181,6 +295,7 @@ class PeerChannel:
     def abandon(self, why: str) -> int:
         """Replace every queued message by one gap (the peer is declared dead): if it comes
         back, its clients that missed them are disconnected. Returns the messages dropped."""
+        self._release()  # nobody waits for a peer that is no longer a member
         items = [*self._unacked, *self._unsent]
         if not items or all(i.text is None for i in items):
             return 0
@@ -226,15 +341,20 @@ class PeerChannel:
 
     def pump(self) -> None:
         """Send what can be sent now on the current link (dialling one if there is none)."""
-        if not self._unsent and not self._unacked:
+        if not self._unsent and not self._unacked and self.stable <= self._stable_sent:
             return
         link = self._current_link(self.peer)
         if link is None:
-            self._dial(self.peer)
+            if self._unsent or self._unacked:
+                self._dial(self.peer)
             return
         if link is not self._link:
-            # a new link incarnation: whatever the old one carried may not have arrived
+            # a new link incarnation: whatever the old one carried may not have arrived. The
+            # first frame on it says this node keeps stable watermarks (and the current one),
+            # so that the peer knows it before it applies anything sent on it.
             self._link = link
+            if link.send(FrameType.ADAPTER_ACK, 0, stable_notice(self.epoch, self.stable)):
+                self._stable_sent = self.stable
             if self._unacked:
                 self.stats["resent"] += sum(1 for i in self._unacked if i.text is not None)
                 self._unsent.extendleft(reversed(self._unacked))
@@ -258,6 +378,11 @@ class PeerChannel:
         """The peer applied everything up to ``seq``."""
         if epoch != self.epoch:
             return
+        while self._awaiting and self._awaiting[0][0] <= seq:
+            self._awaiting.popleft()[1].acked()
+        if self.lagging and seq >= self._lag_mark:
+            self.lagging = False
+            log.info("adapter: %s caught up; emits wait for it again", self.peer)
         progressed = False
         while self._unacked and self._unacked[0].last <= seq:
             item = self._unacked.popleft()

@@ -31,22 +31,25 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import socketio
 
+from ..config import ConfigError
+from ..links.calls import CallFailed, CallRefused
 from ..links.frames import FrameType, decode_u64_pair, encode_u64_pair
-from ..links.link import Link, LinkClosed, Stream
+from ..links.link import Link, LinkClosed
 from ..links.pool import LinkUnavailable
 from ..ratelimit import RateLimitedLog
 from ..sessions import drop_session
 from ..sid import node_tag, parse_sid
-from .channel import LinkSettings, PeerChannel, Targets
+from .channel import Emission, LinkSettings, PeerChannel, Targets
 from .wire import DedupWindow, WireError, encode_message, pack, unpack
 
 if TYPE_CHECKING:
@@ -61,11 +64,29 @@ __all__ = [
 
 log = logging.getLogger("siomesh.adapter")
 
+#: The operation of the adapter's cluster-wide calls over links (siomesh.links.calls).
+ADAPTER_CALL = "adapter"
+
 TICK = 0.5  # how often channels retry sending and notice dead peers, seconds
+#: Default of ``order_timeout``: the most an emit waits for its peers (emit-completion and
+#: causal order, see docs/adapter.md); the environment variable ``SIOMESH_ADAPTER_ORDER_TIMEOUT``
+#: sets it where the node's configuration has no ``adapter.order_timeout``.
+ORDER_TIMEOUT = 0.5
 
 ServerEventHandler = Callable[..., Any]
 _H = TypeVar("_H", bound=ServerEventHandler)
 Room = Any  # python-socketio accepts any hashable room name; the wire carries str and int
+
+
+class _GateEntry:
+    """An emit waiting for causal order: released once ``needs`` (per sender, the last
+    message applied from it) are stable and every emit ahead of it has sent."""
+
+    __slots__ = ("needs", "released")
+
+    def __init__(self, needs: dict[str, tuple[int, int]], released: asyncio.Future[None]) -> None:
+        self.needs = needs
+        self.released = released
 
 
 class PartialResult(TimeoutError):
@@ -150,13 +171,18 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         *,
         settings: LinkSettings | None = None,
         flush_timeout: float = 1.0,
+        order_timeout: float = ORDER_TIMEOUT,
     ) -> None:
         super().__init__()
+        if order_timeout < 0:
+            raise ValueError("order_timeout must be >= 0")
         self.mesh = mesh
         self.node_url: str = mesh.config.node_url
         self.epoch: int = mesh.generation
         self.settings = settings or LinkSettings()
         self.flush_timeout = flush_timeout
+        #: the most an emit waits for its peers to apply it (0: never waits), seconds
+        self.order_timeout = order_timeout
         self.running = False
         self._channels: dict[str, PeerChannel] = {}
         self._dedup = DedupWindow()
@@ -164,6 +190,14 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         self._consumers: dict[str, asyncio.Task[None]] = {}
         self._acks: dict[Link, tuple[int, int]] = {}
         self._acks_scheduled = False
+        #: channels whose stable watermark moved since the peer was told (flushed with acks)
+        self._stable_dirty: set[PeerChannel] = set()
+        #: per sender: (epoch, stable watermark) it told this node (senders that keep one)
+        self._stable: dict[str, tuple[int, int]] = {}
+        #: per sender: the (epoch, seq) this node stopped waiting for it to make stable
+        self._causal_lag: dict[str, tuple[int, int]] = {}
+        #: emits waiting for causal order, in call order: only the front one may send
+        self._gate: deque[_GateEntry] = deque()
         self._ticker: asyncio.Task[None] | None = None
         self._server_handlers: dict[tuple[str, str], ServerEventHandler] = {}
         self._warn = RateLimitedLog(log)
@@ -174,6 +208,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             "bad_messages": 0,
             "resync_disconnects": 0,
             "gaps_received": 0,
+            "causal_timeouts": 0,
         }
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -359,9 +394,14 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 channel.pump()
 
     def _send(
-        self, peers: Iterable[str], message: dict[str, Any], skipped: Iterable[str] = ()
+        self,
+        peers: Iterable[str],
+        message: dict[str, Any],
+        skipped: Iterable[str] = (),
+        emission: Emission | None = None,
     ) -> None:
-        """Queue ``message`` for ``peers``; record it as missed by the ``skipped`` (absent)."""
+        """Queue ``message`` for ``peers``; record it as missed by the ``skipped`` (absent).
+        With an ``emission``, each peer's channel tracks it (see :meth:`_publish`)."""
         self._skip(skipped, message)
         text: str | None = None
         targets: Targets | None = None
@@ -372,7 +412,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 text = encode_message(message)
                 targets = _targets_of(message)
             assert targets is not None
-            self._channel(peer).enqueue(text, targets)
+            self._channel(peer).enqueue(text, targets, emission)
 
     def _skip(self, peers: Iterable[str], message: dict[str, Any]) -> None:
         targets: Targets | None = None
@@ -384,6 +424,194 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 if not targets:
                     return
             self._channel(peer).skip(targets, "is not a live member")
+
+    # -- emit-completion and causal order --------------------------------------------------------
+
+    def _ordered(self) -> bool:
+        """Whether the caller waits for order: the adapter runs, ``order_timeout`` > 0, and
+        the caller is not the adapter's receive path (an emit made while a peer's message is
+        applied, by a server-event handler or a disconnect handler, must not hold up that
+        peer's later messages)."""
+        if not self.running or self.order_timeout <= 0:
+            return False
+        task = asyncio.current_task()
+        return not any(task is consumer for consumer in self._consumers.values())
+
+    async def _publish(
+        self,
+        peers: Iterable[str],
+        message: dict[str, Any],
+        local: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        """Send ``message`` to ``peers`` and run ``local`` (this node's own half), then return
+        once every peer it was sent to has applied it (docs/adapter.md, "Delivery contract"):
+
+        * causal order: if this node applied messages from a sender that are not yet applied
+          everywhere they went (the sender's stable watermark is behind), this message is not
+          sent before they are (``local`` runs first, then the wait);
+        * per-sender FIFO: emits that wait so are queued in call order (the gate), and an emit
+          never overtakes one that waits;
+        * emit-completion order: the return waits for each peer's acknowledgement, which it
+          sends once the message is in its clients' queues.
+
+        Concurrent calls wait concurrently (many messages in flight, one round trip in all).
+        Each wait is bounded by ``order_timeout``: the causal one from the call, the
+        acknowledgements' from the send (so a late send does not make a healthy peer look
+        lagging). A peer that does not acknowledge in time is marked lagging and not waited for
+        until it catches up; a sender that does not report its messages stable in time
+        likewise, so a stalled node costs an emit 2 x ``order_timeout`` at most, once.
+        """
+        targets = [peer for peer in peers if peer != self.node_url]
+        if not targets or not self._ordered():
+            self._send(targets, message)
+            if local is not None:
+                await local()
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.order_timeout
+        emission: Emission | None = None
+        try:
+            entry = self._join_gate()
+            if entry is None:  # nothing to wait for: send at once, deliver here meanwhile
+                emission = Emission()
+                self._send(targets, message, emission=emission)
+                if local is not None:
+                    await local()
+            else:
+                try:
+                    if local is not None:
+                        await local()
+                    await self._pass_gate(entry, deadline)
+                    emission = Emission()
+                    self._send(targets, message, emission=emission)
+                    deadline = loop.time() + self.order_timeout
+                finally:
+                    self._leave_gate(entry)
+            await self._wait_applied(emission, deadline)
+        finally:
+            if emission is not None:
+                self._finish(emission)
+
+    async def _wait_applied(self, emission: Emission, deadline: float) -> None:
+        """Wait until every peer ``emission`` went to has applied it, or until ``deadline``;
+        then mark the peers that did not as lagging."""
+        if emission.pending > 0:
+            links = self.mesh.links
+            for channel, seq in emission.entries:
+                # a peer the last dial failed to reach cannot answer in time: no wait
+                if (
+                    channel.waits_for(seq)
+                    and channel.peer in links.last_errors
+                    and links.current(channel.peer, "data") is None
+                ):
+                    channel.lag("unreachable", self.order_timeout)
+        if emission.pending <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        emission.waiter = waiter = loop.create_future()
+        await asyncio.wait((waiter,), timeout=max(0.0, deadline - loop.time()))
+        if not waiter.done():
+            waiter.cancel()
+            for channel, seq in emission.entries:
+                if channel.waits_for(seq):
+                    channel.lag("no acknowledgement", self.order_timeout)
+
+    def _finish(self, emission: Emission) -> None:
+        """The sender stopped waiting for ``emission``: its channels' stable watermarks may
+        move, and the peers are told with the next acknowledgements."""
+        emission.done = True
+        for channel, _ in emission.entries:
+            if channel.settle():
+                self._stable_dirty.add(channel)
+        if self._stable_dirty:
+            self._schedule_flush()
+
+    def _causal_needs(self) -> dict[str, tuple[int, int]]:
+        """Per live sender: the (epoch, seq) of the last message this node applied from it,
+        where the sender has not yet reported it stable (applied everywhere it went)."""
+        needs: dict[str, tuple[int, int]] = {}
+        live: set[str] | None = None
+        for sender, told in self._stable.items():
+            applied = self._dedup.watermark(sender)
+            if applied is None or told >= applied:
+                continue
+            lag = self._causal_lag.get(sender)
+            if lag is not None and lag >= applied:
+                continue
+            if live is None:
+                live = self._live_set()
+            if sender in live:
+                needs[sender] = applied
+        return needs
+
+    def _met(self, sender: str, need: tuple[int, int]) -> bool:
+        told = self._stable.get(sender)
+        lag = self._causal_lag.get(sender)
+        return (told is not None and told >= need) or (lag is not None and lag >= need)
+
+    def _join_gate(self) -> _GateEntry | None:
+        """``None`` when a message may be sent now; else the caller's place in the gate."""
+        needs = self._causal_needs()
+        if not needs and not self._gate:
+            return None
+        entry = _GateEntry(needs, asyncio.get_running_loop().create_future())
+        self._gate.append(entry)
+        self._open_gate()
+        return entry
+
+    def _open_gate(self) -> None:
+        """Release the front of the gate once what it waits for is stable."""
+        if self._gate:
+            front = self._gate[0]
+            if not front.released.done() and all(
+                self._met(sender, need) for sender, need in front.needs.items()
+            ):
+                front.released.set_result(None)
+
+    async def _pass_gate(self, entry: _GateEntry, deadline: float) -> None:
+        if entry.released.done():
+            return
+        loop = asyncio.get_running_loop()
+        await asyncio.wait((entry.released,), timeout=max(0.0, deadline - loop.time()))
+        if entry.released.done():
+            return
+        for sender, need in entry.needs.items():
+            if self._met(sender, need):
+                continue
+            self._causal_lag[sender] = need
+            self.stats["causal_timeouts"] += 1
+            self._warn.warning(
+                ("causal", sender),
+                "adapter: %s did not report within adapter.order_timeout (%.2f s) that the "
+                "messages this node applied from it reached every node they went to: emits "
+                "here stop waiting for that until it does (causal order is not guaranteed "
+                "meanwhile)",
+                sender,
+                self.order_timeout,
+            )
+        self._open_gate()
+        await entry.released  # soon: every emit ahead of it in the gate is bounded too
+
+    def _leave_gate(self, entry: _GateEntry) -> None:
+        if self._gate and self._gate[0] is entry:
+            self._gate.popleft()
+        else:
+            with contextlib.suppress(ValueError):
+                self._gate.remove(entry)
+        self._open_gate()
+
+    def _note_stable(self, sender: str, epoch: int, stable: int) -> None:
+        """``sender`` reports that its messages to this node up to ``stable`` (in its epoch
+        ``epoch``) are applied everywhere they went."""
+        told = (epoch, stable)
+        known = self._stable.get(sender)
+        if known is not None and known >= told:
+            return
+        self._stable[sender] = told
+        lag = self._causal_lag.get(sender)
+        if lag is not None and told >= lag:
+            del self._causal_lag[sender]
+        self._open_gate()
 
     def queue_sizes(self) -> dict[str, int]:
         """Messages waiting for an acknowledgement, per peer (for metrics and tests)."""
@@ -416,32 +644,40 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             args = [*_as_args(data), offset]
             data = tuple(args)
             recovery.note_emit(offset, event, args, namespace, room, skip_sid)
-        if not kwargs.get("ignore_queue"):
-            peers, skipped = self._route(namespace, room)
-            if skipped:
-                self._skip(skipped, {"m": "emit", "ns": namespace, "room": room})
-            if peers:
-                wire_callback = None
-                if callback is not None:
-                    if room is None or isinstance(room, (list, tuple)):
-                        raise ValueError("Cannot use callback without a single room set.")
-                    ack_id = self._generate_ack_id(room, callback)
-                    wire_callback = [room, namespace, ack_id]
-                message = {
-                    "m": "emit",
-                    "event": event,
-                    "args": pack(_as_args(data)),
-                    "ns": namespace,
-                    "room": room,
-                    "skip": skip_sid,
-                    "cb": wire_callback,
-                }
-                if offset is not None:
-                    message["off"] = offset
-                self._send(peers, message)
-                if callback is not None and self._remote_owner(str(room)) is not None:
-                    return  # the only recipient is elsewhere
-        await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback)
+        local = partial(
+            super().emit, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
+        )
+        if kwargs.get("ignore_queue"):
+            await local()
+            return
+        peers, skipped = self._route(namespace, room)
+        if skipped:
+            self._skip(skipped, {"m": "emit", "ns": namespace, "room": room})
+        peers = [peer for peer in peers if peer != self.node_url]
+        if not peers:
+            await local()
+            return
+        wire_callback = None
+        if callback is not None:
+            if room is None or isinstance(room, (list, tuple)):
+                raise ValueError("Cannot use callback without a single room set.")
+            ack_id = self._generate_ack_id(room, callback)
+            wire_callback = [room, namespace, ack_id]
+        message = {
+            "m": "emit",
+            "event": event,
+            "args": pack(_as_args(data)),
+            "ns": namespace,
+            "room": room,
+            "skip": skip_sid,
+            "cb": wire_callback,
+        }
+        if offset is not None:
+            message["off"] = offset
+        if callback is not None and self._remote_owner(str(room)) is not None:
+            await self._publish(peers, message)  # the only recipient is elsewhere
+        else:
+            await self._publish(peers, message, local)
 
     def _is_local(self, sid: str, namespace: str) -> bool:
         return bool(self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace))
@@ -450,16 +686,18 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         owner = self.sid_owner(sid)
         return owner if owner and owner != self.node_url else None
 
-    def _to_owner(self, sid: str, message: dict[str, Any]) -> None:
-        """Send ``message`` to ``sid``'s owner (or record it as missed, if it is absent)."""
+    async def _to_owner(self, sid: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``sid``'s owner (or record it as missed, if it is absent) and
+        wait until it is applied there (see :meth:`_publish`)."""
         peers, skipped = self._owner_route(sid)
-        self._send(peers, message, skipped)
+        self._skip(skipped, message)
+        await self._publish(peers, message)
 
     async def can_disconnect(self, sid: str, namespace: str) -> bool:
         namespace = namespace or "/"
         if self._is_local(sid, namespace):
             return bool(await super().can_disconnect(sid, namespace))
-        self._to_owner(sid, {"m": "disconnect", "sid": sid, "ns": namespace})
+        await self._to_owner(sid, {"m": "disconnect", "sid": sid, "ns": namespace})
         return False
 
     async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
@@ -470,7 +708,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if self._is_local(sid, namespace):
             await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
             return
-        self._to_owner(sid, {"m": "disconnect", "sid": sid, "ns": namespace})
+        await self._to_owner(sid, {"m": "disconnect", "sid": sid, "ns": namespace})
 
     async def enter_room(
         self, sid: str, namespace: str, room: Room, eio_sid: str | None = None
@@ -479,20 +717,21 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if eio_sid is not None or self._is_local(sid, namespace):
             await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
             return
-        self._to_owner(sid, {"m": "enter_room", "sid": sid, "ns": namespace, "room": room})
+        await self._to_owner(sid, {"m": "enter_room", "sid": sid, "ns": namespace, "room": room})
 
     async def leave_room(self, sid: str, namespace: str, room: Room) -> None:
         namespace = namespace or "/"
         if self._is_local(sid, namespace):
             await super().leave_room(sid, namespace, room)
             return
-        self._to_owner(sid, {"m": "leave_room", "sid": sid, "ns": namespace, "room": room})
+        await self._to_owner(sid, {"m": "leave_room", "sid": sid, "ns": namespace, "room": room})
 
     async def close_room(self, room: Room, namespace: str | None = None) -> None:
         namespace = namespace or "/"
         peers, skipped = self._route(namespace, room)
-        self._send(peers, {"m": "close_room", "ns": namespace, "room": room}, skipped)
-        await super().close_room(room, namespace)
+        message = {"m": "close_room", "ns": namespace, "room": room}
+        self._skip(skipped, message)
+        await self._publish(peers, message, partial(super().close_room, room, namespace))
 
     async def _return_callback(
         self, origin: str, sid: str, namespace: str, ack_id: int, *args: Any
@@ -500,7 +739,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if origin == self.node_url:
             await self.trigger_callback(sid, ack_id, args)
             return
-        self._send(
+        await self._publish(
             [origin],
             {"m": "callback", "sid": sid, "ns": namespace, "id": ack_id, "args": pack(list(args))},
         )
@@ -550,7 +789,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         """
         peers = self._view()[0]
         if not with_ack:
-            self._send(
+            await self._publish(
                 peers, {"m": "server_event", "event": event, "ns": namespace, "args": pack(args)}
             )
             return None
@@ -610,10 +849,9 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         """Make every client of ``namespace`` (or of ``room``) join ``rooms``, on every node."""
         names = _rooms_list(rooms)
         peers, skipped = self._route(namespace, room)
-        self._send(
-            peers, {"m": "sockets_join", "ns": namespace, "room": room, "rooms": names}, skipped
-        )
-        await self._local_join(namespace, room, names)
+        message = {"m": "sockets_join", "ns": namespace, "room": room, "rooms": names}
+        self._skip(skipped, message)
+        await self._publish(peers, message, partial(self._local_join, namespace, room, names))
 
     async def sockets_leave(
         self, rooms: Room | list[Room], namespace: str = "/", room: Room | None = None
@@ -621,10 +859,9 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         """Make every client of ``namespace`` (or of ``room``) leave ``rooms``, on every node."""
         names = _rooms_list(rooms)
         peers, skipped = self._route(namespace, room)
-        self._send(
-            peers, {"m": "sockets_leave", "ns": namespace, "room": room, "rooms": names}, skipped
-        )
-        await self._local_leave(namespace, room, names)
+        message = {"m": "sockets_leave", "ns": namespace, "room": room, "rooms": names}
+        self._skip(skipped, message)
+        await self._publish(peers, message, partial(self._local_leave, namespace, room, names))
 
     async def disconnect_sockets(
         self, namespace: str = "/", room: Room | None = None, close: bool = False
@@ -632,12 +869,9 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         """Disconnect every client of ``namespace`` (or of ``room``) on every node; with
         ``close=True`` the whole Engine.IO connection is closed, not just the namespace."""
         peers, skipped = self._route(namespace, room)
-        self._send(
-            peers,
-            {"m": "disconnect_sockets", "ns": namespace, "room": room, "close": close},
-            skipped,
-        )
-        await self._local_disconnect(namespace, room, close)
+        message = {"m": "disconnect_sockets", "ns": namespace, "room": room, "close": close}
+        self._skip(skipped, message)
+        await self._publish(peers, message, partial(self._local_disconnect, namespace, room, close))
 
     def server_count(self) -> int:
         """How many nodes are in the cluster: this one plus its live peers."""
@@ -739,27 +973,30 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         return replies, missing
 
     async def _call_one(self, peer: str, body: bytes, timeout: float) -> bytes:
-        link = await self.mesh.links.get(peer, "control")
-        stream = link.open_stream()
         try:
-            if not stream.send(FrameType.CALL, body):
-                raise LinkUnavailable(f"{peer}: link closed or full")
-            kind, payload = await stream.next(timeout)
-        finally:
-            stream.close()
-        if kind is not FrameType.REPLY or not payload:
-            raise WireError(f"unexpected {kind.name} answer to a call")
-        if payload[0] != 0:
-            raise WireError(payload[1:].decode("utf-8", "replace"))
-        return payload[1:]
+            return await self.mesh.links.calls.call(peer, ADAPTER_CALL, body, timeout=timeout)
+        except CallFailed as exc:
+            raise WireError(str(exc)) from exc
 
-    async def _serve_call(self, link: Link, stream: Stream, payload: bytes) -> None:
+    async def _serve_call(self, link: Link, body: bytes) -> bytes:
         try:
-            reply = b"\x00" + await self.handle_call(payload, link.peer)
+            return await self.handle_call(body, link.peer)
         except (WireError, ValueError, TypeError, KeyError, RecursionError) as exc:
             self.stats["bad_messages"] += 1
-            reply = b"\x01" + f"bad call: {exc}".encode()
-        stream.send(FrameType.REPLY, reply)
+            raise CallRefused(f"bad call: {exc}") from exc
+
+    def attach(self) -> None:
+        """Serve this manager's frames and calls on the node's links and run it with the
+        node (called once, by :func:`install_adapter`)."""
+        mesh = self.mesh
+        dispatcher = mesh.links.dispatcher
+        dispatcher.on(FrameType.ADAPTER, partial(self._on_frame, FrameType.ADAPTER))
+        dispatcher.on(FrameType.ADAPTER_GAP, partial(self._on_frame, FrameType.ADAPTER_GAP))
+        dispatcher.on(FrameType.ADAPTER_ACK, self._on_ack)
+        mesh.links.calls.serve(ADAPTER_CALL, self._serve_call)
+        mesh.links.on_link_up(self._link_up)
+        mesh.on_startup(self.start)
+        mesh.on_shutdown(self.stop)
 
     # -- receiving -------------------------------------------------------------------------------
 
@@ -777,10 +1014,17 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             self._consumers[sender] = asyncio.ensure_future(self._consume(sender, inbox))
 
     def _on_ack(self, link: Link, payload: bytes) -> None:
-        epoch, seq, _ = decode_u64_pair(payload)
-        channel = self._channels.get(link.peer)
-        if channel is not None:
-            channel.on_ack(epoch, seq)
+        """An acknowledgement of this node's messages (epoch, seq), optionally followed by the
+        peer's stable watermark for its own messages to this node (epoch, seq); epoch 0
+        acknowledges nothing (a stable notice alone)."""
+        epoch, seq, rest = decode_u64_pair(payload)
+        if epoch:
+            channel = self._channels.get(link.peer)
+            if channel is not None:
+                channel.on_ack(epoch, seq)
+        if len(rest) >= 16:
+            stable_epoch, stable, _ = decode_u64_pair(rest)
+            self._note_stable(link.peer, stable_epoch, stable)
 
     async def _consume(
         self, sender: str, inbox: deque[tuple[Link, FrameType, int, int, bytes]]
@@ -810,15 +1054,23 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
     def _ack(self, link: Link, epoch: int, seq: int) -> None:
         # one cumulative ack per link per loop iteration, however many messages were applied
         self._acks[link] = (epoch, seq)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._acks_scheduled:
             self._acks_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_acks)
 
     def _flush_acks(self) -> None:
+        """Send the acknowledgements and stable watermarks gathered in this loop turn."""
         self._acks_scheduled = False
         acks, self._acks = self._acks, {}
         for link, (epoch, seq) in acks.items():
             link.send(FrameType.ADAPTER_ACK, 0, encode_u64_pair(epoch, seq))
+        if self._stable_dirty:
+            dirty, self._stable_dirty = self._stable_dirty, set()
+            for channel in dirty:
+                channel.notify_stable()
 
     async def _apply_gap(self, sender: str, detail: bytes) -> None:
         """``sender`` could not deliver some messages: disconnect (Engine.IO close, so they
@@ -982,51 +1234,31 @@ def install_adapter(mesh: NodeContext, **options: Any) -> MeshManager | None:
     settings = mesh.config.adapter
     options.setdefault("settings", LinkSettings(max_queue=settings.max_queue))
     options.setdefault("flush_timeout", settings.flush_timeout)
+    options.setdefault("order_timeout", _order_timeout(settings))
     manager = MeshManager(mesh, **options)
-    # Carry over anything the default manager already holds (clients connected before the
-    # mesh was built), so the swap is invisible.
-    manager.rooms = current.rooms
-    manager.eio_to_sid = current.eio_to_sid
-    manager.callbacks = current.callbacks
-    # since python-socketio 5.18: a client is "pre-connected" until its connect handler
-    # accepts it (``pending_connect``); older managers have no such state to carry over.
-    if hasattr(current, "pending_connect"):
-        manager.pending_connect = current.pending_connect
-    manager.pending_disconnect = current.pending_disconnect
-    _backport_manager_api(manager)
-    manager.set_server(sio)
-    sio.manager = manager
-    dispatcher = mesh.links.dispatcher
-    dispatcher.on(FrameType.ADAPTER, partial(manager._on_frame, FrameType.ADAPTER))
-    dispatcher.on(FrameType.ADAPTER_GAP, partial(manager._on_frame, FrameType.ADAPTER_GAP))
-    dispatcher.on(FrameType.ADAPTER_ACK, manager._on_ack)
-    dispatcher.serve(FrameType.CALL, manager._serve_call)
-    mesh.links.on_link_up(manager._link_up)
-    mesh.on_startup(manager.start)
-    mesh.on_shutdown(manager.stop)
+    mesh.seam.replace_manager(manager)  # carries over what the default manager holds
+    manager.attach()
     return manager
 
 
-def _backport_manager_api(manager: MeshManager) -> None:
-    """Give ``manager`` the python-socketio manager methods MeshManager calls that its base
-    class lacks on an older python-socketio (see ``siomesh.versions.SUPPORTED``)."""
-    # since python-socketio 5.17: ``is_sid_room``; before it a sid room is told apart the
-    # same way (a room named after a client of the namespace).
-    if not hasattr(manager, "is_sid_room"):
-        manager.is_sid_room = partial(_is_sid_room, manager)
-    # since python-socketio 5.18: ``is_pre_connected``; before it a client is connected as
-    # soon as it is registered (``is_connected``), so none is ever pre-connected.
-    if not hasattr(manager, "is_pre_connected"):
-        manager.is_pre_connected = partial(_never_pre_connected, manager)
-
-
-def _is_sid_room(manager: MeshManager, namespace: str, room: Room) -> bool:
-    # python-socketio 5.17's BaseManager.is_sid_room
-    return room in manager.rooms.get(namespace, {}).get(None, {})
-
-
-def _never_pre_connected(manager: MeshManager, sid: str, namespace: str) -> bool:
-    return False
+def _order_timeout(settings: Any) -> float:
+    """``adapter.order_timeout`` from the node's configuration when it has that option, else
+    ``SIOMESH_ADAPTER_ORDER_TIMEOUT``, else :data:`ORDER_TIMEOUT`."""
+    value = getattr(settings, "order_timeout", None)
+    if value is not None:
+        return float(value)
+    raw = os.environ.get("SIOMESH_ADAPTER_ORDER_TIMEOUT", "").strip()
+    if not raw:
+        return ORDER_TIMEOUT
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = -1.0
+    if not timeout >= 0:
+        raise ConfigError(
+            f"SIOMESH_ADAPTER_ORDER_TIMEOUT={raw!r}: a number of seconds >= 0 is needed"
+        )
+    return timeout
 
 
 def _targets_of(message: dict[str, Any]) -> Targets:

@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from ..ratelimit import RateLimitedLog
+from .calls import Calls
 from .frames import FrameError, FrameType
 from .handshake import (
     LINK_KINDS,
@@ -105,6 +106,9 @@ class LinkPool:
         self.max_pending = max_pending
         self.ssl_context = ssl_context
         self.dispatcher = Dispatcher()
+        #: typed calls (operation, body, status) over this node's control links
+        self.calls = Calls(self)
+        self.dispatcher.serve(FrameType.CALL, self.calls.serve_stream)
         self.stats = stats if stats is not None else {}
         for key in (
             "link_frames_sent",

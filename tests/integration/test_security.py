@@ -39,6 +39,7 @@ import pytest
 import socketio
 
 from siomesh.adapter.wire import pack
+from siomesh.links.calls import encode_call
 from siomesh.links.frames import (
     MAC_BYTES,
     FrameType,
@@ -275,9 +276,8 @@ class HandPeer:
         """``"open"`` when the link still answers a call, else ``"closed <code>"``."""
         stream = self.stream()
         try:
-            await self.send(
-                FrameType.CALL, json.dumps({"op": "all_rooms", "ns": "/"}).encode(), stream
-            )
+            body = json.dumps({"op": "all_rooms", "ns": "/"}).encode()
+            await self.send(FrameType.CALL, encode_call("adapter", body), stream)
             reply = await self.until(FrameType.REPLY, stream, timeout)
         except LinkEnded as ended:
             return f"closed {ended.code}"
@@ -563,10 +563,11 @@ async def test_authenticated_garbage_is_contained(mesh: MeshCluster) -> None:
             assert decode_u64_pair(await peer.until(FrameType.ADAPTER_ACK))[:2] == (epoch, 2)
 
         async def call_not_json(peer: HandPeer) -> None:
-            stream = peer.stream()
-            await peer.send(FrameType.CALL, b"\xff{", stream)
-            reply = await peer.until(FrameType.REPLY, stream)
-            assert reply[:1] == b"\x01", reply
+            for body in (b"\xff{", encode_call("adapter", b"\xff{"), encode_call("nope", b"")):
+                stream = peer.stream()
+                await peer.send(FrameType.CALL, body, stream)
+                reply = await peer.until(FrameType.REPLY, stream)
+                assert reply[:1] == b"\x01", reply
 
         closing = {
             "bad MAC": bad_mac,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from siomesh.adapter.channel import LinkSettings, PeerChannel, Targets, merge_targets
+from siomesh.adapter.channel import Emission, LinkSettings, PeerChannel, Targets, merge_targets
 from siomesh.links.frames import FrameType, decode_u64_pair
 from siomesh.ratelimit import RateLimitedLog
 
@@ -26,12 +26,21 @@ class FakeLink:
         self.is_open = True
         self.capacity = capacity  # frames it takes before refusing (a full buffer)
         self.frames: list[tuple[FrameType, int, int, Any]] = []
+        #: stable watermarks told to the peer: (epoch, stable), in order
+        self.notices: list[tuple[int, int]] = []
 
     def send(self, kind: FrameType, stream: int, payload: bytes) -> bool:
         assert stream == 0
-        if not self.is_open or (self.capacity is not None and len(self.frames) >= self.capacity):
+        if not self.is_open:
             return False
         epoch, seq, rest = decode_u64_pair(payload)
+        if kind is FrameType.ADAPTER_ACK:  # a stable notice: acknowledges nothing
+            assert (epoch, seq) == (0, 0)
+            stable_epoch, stable, _ = decode_u64_pair(rest)
+            self.notices.append((stable_epoch, stable))
+            return True
+        if self.capacity is not None and len(self.frames) >= self.capacity:
+            return False
         body: Any = rest.decode() if kind is FrameType.ADAPTER else json.loads(rest)
         self.frames.append((kind, epoch, seq, body))
         return True
@@ -326,3 +335,85 @@ def test_merge_targets_keeps_non_string_rooms() -> None:
     into: Targets = {"/": [1]}
     merge_targets(into, {"/": [1, 2, "2"]})
     assert into == {"/": [1, 2, "2"]}
+
+
+# -- emit-completion order: emissions, lagging peers, the stable watermark --------------------
+
+
+def emit(h: Harness, name: str) -> Emission:
+    emission = Emission()
+    assert h.channel.enqueue(name, {"/": None}, emission)
+    return emission
+
+
+def test_an_emission_waits_for_the_peers_acknowledgement() -> None:
+    h = Harness()
+    h.link = FakeLink()
+    first, second = emit(h, "a"), emit(h, "b")
+    assert (first.pending, second.pending) == (1, 1)
+    assert h.channel.waits_for(1) and h.channel.waits_for(2)
+    h.channel.on_ack(EPOCH, 1)
+    assert (first.pending, second.pending) == (0, 1)
+    assert not h.channel.waits_for(1) and h.channel.waits_for(2)
+    h.channel.on_ack(EPOCH, 2)
+    assert second.pending == 0 and not h.channel.waits_for(2)
+
+
+def test_the_stable_watermark_follows_done_emissions_in_order() -> None:
+    h = Harness()
+    h.link = FakeLink()
+    h.channel.enqueue("x", {"/": None})  # not waited for: stable at once
+    first, second = emit(h, "a"), emit(h, "b")
+    assert h.link.notices == [(EPOCH, 1)]  # the link's first frame: this node keeps them
+    assert h.channel.stable == 1
+    second.done = True  # the later one is done first: the earlier one holds the mark back
+    h.channel.settle()
+    assert h.channel.stable == 1
+    first.done = True
+    assert h.channel.settle() and h.channel.stable == 3
+    h.channel.notify_stable()
+    h.channel.notify_stable()  # nothing new: not told again
+    assert h.link.notices == [(EPOCH, 1), (EPOCH, 3)]
+    assert not h.channel.settle()
+
+
+def test_a_new_link_is_told_the_stable_watermark_before_anything_else() -> None:
+    h = Harness()
+    h.link = FakeLink()
+    emission = emit(h, "a")
+    h.channel.on_ack(EPOCH, 1)
+    emission.done = True
+    h.channel.settle()
+    h.link = second = FakeLink()  # no link open when the mark moved: the next one is told
+    h.channel.notify_stable()
+    assert second.notices == [(EPOCH, 1)] and second.frames == []
+    h.link = third = FakeLink()
+    h.channel.enqueue("b", {"/": None})
+    assert third.notices == [(EPOCH, 2)] and third.texts() == ["b"]
+
+
+def test_a_lagging_peer_is_not_waited_for_until_it_catches_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.link = FakeLink()
+    first, second = emit(h, "a"), emit(h, "b")
+    h.channel.lag("no acknowledgement", 0.5)
+    assert (first.pending, second.pending) == (0, 0)  # released
+    assert h.channel.lagging and h.channel.stats["order_timeouts"] == 1
+    assert "not applied a message within adapter.order_timeout" in caplog.text
+    third = emit(h, "c")
+    assert third.pending == 0 and not h.channel.waits_for(3)
+    h.channel.lag("no acknowledgement", 0.5)  # the same episode: counted once
+    assert h.channel.stats["order_timeouts"] == 1
+    h.channel.on_ack(EPOCH, 2)  # acknowledges what it had when it lagged: caught up
+    assert not h.channel.lagging
+    assert emit(h, "d").pending == 1
+
+
+def test_abandon_releases_the_emissions_waiting_for_the_peer() -> None:
+    h = Harness()
+    h.link = FakeLink()
+    emission = emit(h, "a")
+    h.channel.abandon("peer is no longer a live member")
+    assert emission.pending == 0 and not h.channel.waits_for(1)

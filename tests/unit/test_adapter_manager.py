@@ -15,6 +15,7 @@ import siomesh.adapter.channel as channel_module
 import siomesh.adapter.manager as manager_module
 from siomesh import SioMesh
 from siomesh.adapter import MeshManager, PartialResult, install_adapter
+from siomesh.links.calls import encode_call
 from siomesh.links.frames import FrameType, encode_u64_pair
 from siomesh.links.link import Link
 from siomesh.protocol.messages import MemberUpdate, Push, State
@@ -614,6 +615,208 @@ async def test_stop_flushes_then_gives_up() -> None:
         assert not mgr.running
 
 
+# -- the delivery contract: emit-completion and causal order ----------------------------------
+
+
+def slow_apply(c: Cluster, url: str, delay: float, senders: tuple[str, ...] = ()) -> None:
+    """``url`` applies the emits of ``senders`` (all when empty) ``delay`` s late."""
+    mgr = c.mgr(url)
+    dispatch = mgr._dispatch
+
+    async def late(msg: dict[str, Any], sender: str) -> None:
+        if msg.get("m") == "emit" and (not senders or sender in senders):
+            await asyncio.sleep(delay)
+        await dispatch(msg, sender)
+
+    mgr._dispatch = late  # type: ignore[method-assign]
+
+
+def drop_stable_notices(mesh: SioMesh) -> None:
+    """``mesh`` no longer hears stable watermarks (as from a node that predates them)."""
+    dispatcher = mesh.links.dispatcher
+    on_ack = dispatcher.callbacks[FrameType.ADAPTER_ACK]
+    dispatcher.on(FrameType.ADAPTER_ACK, lambda link, payload: on_ack(link, payload[:16]))
+
+
+def events(c: Cluster, url: str) -> list[str]:
+    return [d for _, d in c.sent[url]]
+
+
+async def test_an_emit_returns_once_every_peer_applied_it() -> None:
+    """Emit-completion order: C applies A's messages late; once A's emit returned, C's clients
+    have the message, so B's next emit reaches them after it (without the wait, B's came
+    first: C applies B's messages at once)."""
+    async with Cluster(A, B, C) as c:
+        await connected(c.sios[C], "eioC1")
+        slow_apply(c, C, 0.05, senders=(A,))
+        started = time.monotonic()
+        await c.sios[A].emit("n", 1)
+        assert events(c, C) == ['2["n",1]']
+        assert 0.04 < time.monotonic() - started < c.mgr(A).order_timeout
+        await c.sios[B].emit("n", 2)
+        await c.settle()
+        assert events(c, C) == ['2["n",1]', '2["n",2]']
+
+
+async def test_concurrent_emits_are_pipelined_and_stay_in_call_order() -> None:
+    async with Cluster(A, B, C) as c:
+        await connected(c.sios[B], "eioB1")
+        await connected(c.sios[C], "eioC1")
+        slow_apply(c, B, 0.002)
+        started = time.monotonic()
+        await asyncio.gather(*(c.sios[A].emit("n", i) for i in range(100)))
+        took = time.monotonic() - started
+        expected = [f'2["n",{i}]' for i in range(100)]
+        assert events(c, B) == expected and events(c, C) == expected  # all applied already
+        assert took < 1.0  # ~0.2 s: B applies them one by one; not one round trip each
+        assert c.mgr(A).link_stats()[B]["order_timeouts"] == 0
+
+
+async def test_a_client_that_received_a_message_is_heard_after_it_everywhere() -> None:
+    """Causal order: B applied A's message m (C applies A's messages late); an emit B makes
+    now (as a client of B would, on receiving m) reaches C after m: B holds it until A reports
+    m applied everywhere. Emits made on B meanwhile keep their call order."""
+    async with Cluster(A, B, C) as c:
+        await connected(c.sios[B], "eioB1")
+        await connected(c.sios[C], "eioC1")
+        await c.sios[A].emit("warm", 0)  # links up, stable watermarks announced
+        await c.settle()
+        slow_apply(c, C, 0.05, senders=(A,))
+        m = asyncio.ensure_future(c.sios[A].emit("m", 1))
+        await until(lambda: '2["m",1]' in events(c, B))
+        started = time.monotonic()
+        await asyncio.gather(c.sios[B].emit("reply", 1), c.sios[B].emit("reply", 2))
+        assert time.monotonic() - started > 0.02  # it waited for m to be stable
+        await m
+        await c.settle()
+        assert events(c, C) == ['2["warm",0]', '2["m",1]', '2["reply",1]', '2["reply",2]']
+        assert c.mgr(B).stats["causal_timeouts"] == 0
+
+
+async def test_an_emit_waits_at_most_order_timeout_then_not_for_a_lagging_peer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer that stops acknowledging (frozen, cut off) holds an emit for ``order_timeout``
+    at most, once: it is then lagging, not waited for, and counted, until it catches up."""
+    async with Pair() as p:
+        await connected(p.sio_b, "eioB1")
+        mgr = p.mgr(A)
+        mgr.order_timeout = 0.1
+        dispatcher = p.a.links.dispatcher
+        on_ack = dispatcher.callbacks[FrameType.ADAPTER_ACK]
+        dispatcher.on(FrameType.ADAPTER_ACK, lambda link, payload: None)  # acks are lost
+        started = time.monotonic()
+        await p.sio_a.emit("n", 0)
+        assert 0.09 < time.monotonic() - started < 0.5
+        assert mgr.link_stats()[B]["order_timeouts"] == 1
+        assert "has not applied a message within adapter.order_timeout" in caplog.text
+        started = time.monotonic()
+        for i in range(1, 6):
+            await p.sio_a.emit("n", i)
+        assert time.monotonic() - started < 0.09  # not waited for while it lags
+        dispatcher.on(FrameType.ADAPTER_ACK, on_ack)
+        await p.sio_a.emit("n", 6)  # acknowledged with everything before it: caught up
+        await p.settle()
+        assert not mgr._channels[B].lagging
+        assert events(p, B) == [f'2["n",{i}]' for i in range(7)]
+        assert mgr.link_stats()[B]["order_timeouts"] == 1
+
+
+async def test_an_unreachable_peer_is_not_waited_for() -> None:
+    async with Pair() as p:
+        mgr = p.mgr(A)
+        mgr.order_timeout = 2.0
+        p.net.down.add(B)
+        p.a.links.ensure(B, "data")
+        await until(lambda: B in p.a.links.last_errors)  # the last dial failed
+        started = time.monotonic()
+        await p.sio_a.emit("n", 0)
+        assert time.monotonic() - started < 0.5
+        assert mgr._channels[B].lagging and mgr.queue_sizes()[B] == 1  # held for it
+
+
+async def test_a_sender_that_never_reports_stability_holds_emits_once_at_most(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B applied A's message but A's stable watermark does not reach B (the link from A
+    broke): B's next emit waits ``order_timeout``, is counted, and later ones do not wait."""
+    async with Pair() as p:
+        await connected(p.sio_a, "eioA1")
+        await connected(p.sio_b, "eioB1")
+        await p.sio_a.emit("n", 0)
+        await p.settle()
+        drop_stable_notices(p.b)
+        await p.sio_a.emit("n", 1)
+        await p.settle()
+        b = p.mgr(B)
+        b.order_timeout = 0.1
+        started = time.monotonic()
+        await p.sio_b.emit("r", 0)
+        assert 0.09 < time.monotonic() - started < 0.5
+        assert b.stats["causal_timeouts"] == 1
+        assert "did not report within adapter.order_timeout" in caplog.text
+        started = time.monotonic()
+        await p.sio_b.emit("r", 1)
+        assert time.monotonic() - started < 0.09
+        await p.settle()
+        assert [e for e in events(p, A) if "r" in e] == ['2["r",0]', '2["r",1]']
+        assert p.mgr(B).link_stats()[A]["order_timeouts"] == 0  # A itself was not late
+
+
+async def test_a_sender_without_stable_watermarks_is_not_waited_for() -> None:
+    """A node that predates stable watermarks never announces them: nothing is held for it."""
+    async with Pair() as p:
+        await connected(p.sio_a, "eioA1")
+        await connected(p.sio_b, "eioB1")
+        drop_stable_notices(p.b)
+        await p.sio_a.emit("n", 0)
+        await p.settle()
+        b = p.mgr(B)
+        b.order_timeout = 1.0
+        started = time.monotonic()
+        await p.sio_b.emit("r", 0)
+        assert time.monotonic() - started < 0.5 and b.stats["causal_timeouts"] == 0
+
+
+async def test_emits_made_while_applying_a_peers_message_do_not_wait() -> None:
+    """A server-event handler runs on the adapter's receive path: its emits do not wait for
+    their peers (that would hold up the sender's later messages)."""
+    async with Pair() as p:
+        await connected(p.sio_a, "eioA1")
+        slow_apply(p, A, 0.3)
+        p.mgr(B).order_timeout = 1.0
+
+        @p.mgr(B).on_server_event("echo")
+        async def echo(i: int) -> None:
+            await p.sio_b.emit("echoed", i)
+
+        started = time.monotonic()
+        for i in range(3):
+            await p.mgr(A).server_side_emit("echo", i)
+        await until(lambda: adapter(p.b).stats["received"] == 3)
+        assert time.monotonic() - started < 0.5
+        await until(lambda: len(events(p, A)) == 3, timeout=3)
+        assert events(p, A) == [f'2["echoed",{i}]' for i in range(3)]
+
+
+async def test_order_timeout_zero_never_waits_and_the_setting_is_validated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with Pair() as p:
+        mgr = p.mgr(A)
+        mgr.order_timeout = 0.0
+        p.net.down.add(B)
+        await p.cut(A, B)
+        started = time.monotonic()
+        await p.sio_a.emit("n", 0)
+        assert time.monotonic() - started < 0.05 and not mgr._channels[B].lagging
+    with pytest.raises(ValueError):
+        MeshManager(node(A)[0].node, order_timeout=-1)
+    monkeypatch.setenv("SIOMESH_ADAPTER_ORDER_TIMEOUT", "0.25")
+    mesh, _ = node(A)
+    assert adapter(mesh).order_timeout == 0.25
+
+
 # -- cluster calls that do not all come back ---------------------------------------------------
 
 
@@ -718,7 +921,7 @@ async def test_a_bad_call_is_answered_with_an_error() -> None:
         link = await asyncio.wait_for(p.a.links.get(B, "control"), T)
         for body in (b"not json", b"[]", b'{"op":"steal","ns":"/"}', b'{"op":"all_rooms"}'):
             stream = link.open_stream()
-            stream.send(FrameType.CALL, body)
+            stream.send(FrameType.CALL, encode_call("adapter", body))
             kind, payload = await stream.next(T)
             stream.close()
             assert kind is FrameType.REPLY and payload[:1] == b"\x01", body
