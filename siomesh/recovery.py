@@ -72,7 +72,7 @@ from typing import Any
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from .adapter.wire import WireError, pack, unpack
+from .codec import WireError, pack, unpack
 from .config import RecoveryConfig
 from .engine import EngineSeam
 from .links.calls import CallFailed, CallRefused, Calls

@@ -48,7 +48,6 @@ One :class:`Takeover` per node; everything runs on the node's event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -58,6 +57,7 @@ from typing import Any
 
 from engineio import packet as eio_packet
 
+from .codec import decode_packet, encode_packet
 from .config import TakeoverConfig
 from .engine import EngineSeam
 from .links.calls import CallFailed, CallRefused, Calls
@@ -121,24 +121,6 @@ class Hold:
     @property
     def buffer_flushing(self) -> bool:
         return self.phase == "flushing"
-
-
-def _encode_packet(pkt: Any) -> list[Any]:
-    data = pkt.data
-    if isinstance(data, bytes):
-        return [pkt.packet_type, "b", base64.b64encode(data).decode("ascii")]
-    return [pkt.packet_type, "j", data]
-
-
-def _decode_packet(raw: Any) -> Any:
-    if not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[0], int):
-        raise ValueError("malformed packet in a takeover")
-    kind, form, data = raw
-    if form == "b":
-        data = base64.b64decode(data)
-    elif form != "j":
-        raise ValueError("malformed packet in a takeover")
-    return eio_packet.Packet(kind, data)
 
 
 class Takeover:
@@ -327,8 +309,8 @@ class Takeover:
             return "no handshake environ"
         if hold.polled:
             self.forecast.record(hold.agent, True)
-        queued = [_encode_packet(pkt) for pkt in take_queued(socket)]
-        held = [_encode_packet(p) for p in hold.buffer]
+        queued = [encode_packet(pkt) for pkt in take_queued(socket)]
+        held = [encode_packet(p) for p in hold.buffer]
         hold.buffer.clear()
         if hold.timer is not None:
             hold.timer.cancel()
@@ -437,8 +419,8 @@ class Takeover:
 
     async def _install(self, sid: str, state: dict[str, Any], owner: str) -> None:
         scope = RequestMeta.from_wire(state["scope"]).scope("http")
-        queued = [_decode_packet(p) for p in state.get("queued", [])]
-        held = [_decode_packet(p) for p in state.get("held", [])]
+        queued = [decode_packet(p) for p in state.get("queued", [])]
+        held = [decode_packet(p) for p in state.get("held", [])]
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}

@@ -6,20 +6,16 @@ needs it (:mod:`siomesh.adapter.channel`), tagged with the sender's epoch (its p
 generation) and a sequence number per (sender, receiver). The sender's identity is never in the
 message: the receiver takes it from the link's authenticated peer.
 
-Values travel as JSON. Python's ``bytes`` (Socket.IO binary payloads) have no JSON form, so
-:func:`pack` turns them into ``{"$b": "<base64>"}``; a dict that happens to have a ``"$b"`` or
-``"$d"`` key is escaped as ``{"$d": {...}}`` so that every value round-trips exactly. Tuples
-become lists (as Socket.IO's own JSON encoding does). No pickle: a message can only ever decode
-into JSON types plus ``bytes``.
+Values travel as JSON, with ``bytes`` kept by :func:`siomesh.codec.pack` (re-exported here).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from ..codec import WireError, pack, unpack
 
 __all__ = [
     "DedupWindow",
@@ -28,56 +24,6 @@ __all__ = [
     "pack",
     "unpack",
 ]
-
-_BYTES = "$b"
-_DICT = "$d"
-_MAX_DEPTH = 64
-
-
-class WireError(ValueError):
-    """A batch or value that does not decode (the endpoint answers 400)."""
-
-
-def pack(value: Any, _depth: int = 0) -> Any:
-    """``value`` as JSON-able data, with ``bytes`` preserved (see the module docstring)."""
-    if _depth > _MAX_DEPTH:
-        raise WireError("value nested too deeply")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {_BYTES: base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, (list, tuple)):
-        return [pack(item, _depth + 1) for item in value]
-    if isinstance(value, dict):
-        packed = {key: pack(item, _depth + 1) for key, item in value.items()}
-        if _BYTES in value or _DICT in value:
-            return {_DICT: packed}
-        return packed
-    return value
-
-
-def unpack(value: Any, _depth: int = 0) -> Any:
-    """Inverse of :func:`pack`. Raises :class:`WireError` on a malformed tag."""
-    if _depth > _MAX_DEPTH:
-        raise WireError("value nested too deeply")
-    if isinstance(value, list):
-        return [unpack(item, _depth + 1) for item in value]
-    if isinstance(value, dict):
-        if len(value) == 1:
-            if _BYTES in value:
-                encoded = value[_BYTES]
-                if not isinstance(encoded, str):
-                    raise WireError("bad bytes tag")
-                try:
-                    return base64.b64decode(encoded, validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    raise WireError("bad base64") from exc
-            if _DICT in value:
-                inner = value[_DICT]
-                if not isinstance(inner, dict):
-                    raise WireError("bad dict tag")
-                return {key: unpack(item, _depth + 1) for key, item in inner.items()}
-        return {key: unpack(item, _depth + 1) for key, item in value.items()}
-    return value
-
 
 def encode_message(message: Mapping[str, Any]) -> str:
     """One message as JSON text, encoded once and shared by every link it is queued on.

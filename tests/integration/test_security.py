@@ -38,7 +38,7 @@ import httpx
 import pytest
 import socketio
 
-from siomesh.adapter.wire import pack
+from siomesh.codec import pack
 from siomesh.links.calls import encode_call
 from siomesh.links.frames import (
     MAC_BYTES,

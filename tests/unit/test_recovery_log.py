@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from siomesh.adapter.wire import WireError
+from siomesh.codec import WireError
 from siomesh.config import ConfigError, MeshConfig, RecoveryConfig
 from siomesh.recovery import Entry, Log, _offset_of
 
