@@ -33,7 +33,9 @@ __all__ = [
     "MeshConfig",
     "RecoveryConfig",
     "TakeoverConfig",
+    "local_options",
     "normalize_url",
+    "parse_port_range",
 ]
 
 ENV_PREFIX = "SIOMESH_"
@@ -350,6 +352,21 @@ class MeshConfig:
     #: Gossip (``SIOMESH_GOSSIP_PRESET`` = lan, wan or local, then ``SIOMESH_GOSSIP_<FIELD>``
     #: for any :class:`~siomesh.protocol.membership.GossipConfig` field).
     gossip: GossipConfig = dataclasses.field(default_factory=GossipConfig.lan)
+    # The four options below matter only without a node_url, when each worker opens its own
+    # private peer port and finds the other workers of its machine (siomesh.local_peers).
+    #: Where other processes reach this worker's private peer port (``SIOMESH_ADVERTISE_HOST``):
+    #: this machine's address for a cluster across machines. Default ``127.0.0.1`` (this
+    #: machine only).
+    advertise_host: str | None = None
+    #: Ports to take the private peer port from, ``LOW-HIGH`` or one port
+    #: (``SIOMESH_PEER_PORTS``, e.g. ``9000-9015``): the first free one. Default: any free port.
+    peer_ports: str | None = None
+    #: The public port that names this machine's rendezvous (``SIOMESH_PUBLIC_PORT``), when it
+    #: cannot be read from the server's listening sockets. Default: read from them.
+    public_port: int | None = None
+    #: The directory of the rendezvous (``SIOMESH_RUNTIME_DIR``). Default
+    #: ``$XDG_RUNTIME_DIR/siomesh``, else ``/tmp/siomesh-<uid>``.
+    runtime_dir: str | None = None
 
     @classmethod
     def build(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> MeshConfig:
@@ -428,6 +445,59 @@ class MeshConfig:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_body_bytes is not None and self.max_body_bytes <= 0:
             raise ConfigError("max_body_bytes must be > 0")
+        if self.peer_ports is not None:
+            parse_port_range(self.peer_ports)
+        if self.public_port is not None and not 0 < self.public_port < 65536:
+            raise ConfigError(f"public_port: {self.public_port} is not a port (1-65535)")
+
+
+#: The options read before the node_url exists (siomesh.local_peers), with their types.
+LOCAL_OPTIONS = {
+    "advertise_host": "str",
+    "peer_ports": "str",
+    "public_port": "int",
+    "runtime_dir": "str",
+}
+
+
+def local_options(
+    env: Mapping[str, str] | None = None, given: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The options of :data:`LOCAL_OPTIONS`: ``given`` (keyword arguments; ``None`` ignored)
+    over ``SIOMESH_<NAME>`` variables; absent ones are ``None``. Validated like
+    :meth:`MeshConfig.build` (raises :class:`ConfigError` naming the variable)."""
+    source = os.environ if env is None else env
+    given = given or {}
+    values: dict[str, Any] = {}
+    for name, kind in LOCAL_OPTIONS.items():
+        value = given.get(name)
+        if value is None:
+            raw = source.get(ENV_PREFIX + name.upper())
+            value = _parse_env(name, kind, raw) if raw else None
+        values[name] = value
+    if values["peer_ports"] is not None:
+        parse_port_range(str(values["peer_ports"]))
+    port = values["public_port"]
+    if port is not None and not 0 < int(port) < 65536:
+        raise ConfigError(f"{ENV_PREFIX}PUBLIC_PORT={port!r} is not a port (1-65535)")
+    return values
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``"9000-9015"`` (or ``"9000"``) as ``(9000, 9015)``; raises :class:`ConfigError`."""
+    low_text, _, high_text = text.strip().partition("-")
+    try:
+        low = int(low_text)
+        high = int(high_text) if high_text.strip() else low
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}PEER_PORTS={text!r}: expected a port or a range such as 9000-9015"
+        ) from None
+    if not 0 < low <= high < 65536:
+        raise ConfigError(
+            f"{ENV_PREFIX}PEER_PORTS={text!r}: expected LOW-HIGH with 1 <= LOW <= HIGH <= 65535"
+        )
+    return low, high
 
 
 def _parse_env(name: str, type_name: Any, raw: str) -> Any:

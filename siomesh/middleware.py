@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .drain import drain_on_sigterm
 from .forward import Receive, Scope, Send
+from .local_peers import LocalPeers, hold_sigterm
 from .metrics import render
 from .node import MeshNode, respond, sid_of, tagging_send
 from .routing import Action, decide
@@ -76,18 +77,30 @@ class SioMesh:
         **options: Any,
     ) -> None:
         self.app = app
-        self.node = MeshNode(
-            app,
-            node_url=node_url,
-            peers=peers,
-            secret=secret,
-            server=server,
-            engineio_path=engineio_path,
-            env=env,
-            adapter=adapter,
-            gossip=gossip,
-            **options,
-        )
+        # No node_url: a worker of uvicorn --workers or gunicorn, which opens a private peer
+        # port of its own and finds the other workers of its machine (siomesh.local_peers).
+        self.local = LocalPeers.prepare(node_url=node_url, env=env, options=options)
+        if self.local is not None:
+            node_url = self.local.node_url
+        try:
+            self.node = MeshNode(
+                app,
+                node_url=node_url,
+                peers=peers,
+                secret=secret,
+                server=server,
+                engineio_path=engineio_path,
+                env=env,
+                adapter=adapter,
+                gossip=gossip,
+                **options,
+            )
+        except BaseException:
+            if self.local is not None:
+                self.local.abandon()
+            raise
+        if self.local is not None:
+            self.local.attach(self)
         config = self.node.config
         self.config = config
         self._engine_prefixes = self.node.engine.prefixes
@@ -103,7 +116,11 @@ class SioMesh:
 
     async def startup(self) -> None:
         """Start the node's background work; idempotent."""
+        if self.local is not None:
+            await self.local.listen()
         await self.node.startup()
+        if self.local is not None:
+            await self.local.start()
 
     async def drain(self, *, linger: bool = True) -> None:
         """Hand this node's clients to its peers (see :meth:`MeshNode.drain`)."""
@@ -112,6 +129,8 @@ class SioMesh:
     async def shutdown(self) -> None:
         """Stop the node's background work; idempotent."""
         await self.node.shutdown()
+        if self.local is not None:
+            await self.local.close()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup_failed = False
@@ -123,6 +142,9 @@ class SioMesh:
                 try:
                     await self.startup()
                     drain_on_sigterm(self.node)
+                    if self.local is not None:
+                        hold_sigterm(self.local)  # outermost: runs before the drain
+                        self.local.tune_server(receive)
                 except Exception:
                     log.exception("siomesh startup failed")
                     startup_failed = True

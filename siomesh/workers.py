@@ -24,7 +24,6 @@ import contextlib
 import errno
 import importlib
 import inspect
-import ipaddress
 import json
 import os
 import secrets
@@ -38,6 +37,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .local_peers import bind_listener, free_port, private_host
 
 __all__ = [
     "WorkerPlan",
@@ -79,26 +80,14 @@ class WorkerPlan:
         }
 
 
-def _is_wildcard(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_unspecified
-    except ValueError:
-        return False
-
-
 def _private_host(host: str) -> str:
     # A wildcard is an address to bind, not one to connect to: peers (all on this machine)
     # reach a worker's private port on loopback, which also keeps that port off the network.
-    if _is_wildcard(host):
-        return "::1" if ":" in host else "127.0.0.1"
-    return host
+    return private_host(host)
 
 
 def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_port(host)
 
 
 def plan_workers(
@@ -275,13 +264,7 @@ def port_problem(plan: WorkerPlan) -> str | None:
 
 
 def _public_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
+    return bind_listener(host, port, reuse_port=True)
 
 
 def worker_main(host: str, port: int, private_port: int, spec: str, log_level: str) -> None:
@@ -296,12 +279,9 @@ def worker_main(host: str, port: int, private_port: int, spec: str, log_level: s
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     public = _public_socket(host, port)
-    private_host = _private_host(host)
-    family = socket.AF_INET6 if ":" in private_host else socket.AF_INET
-    private = socket.socket(family, socket.SOCK_STREAM)
-    private.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    private.bind((private_host, private_port))
-    private.listen(2048)
+    # the private port is bound as every worker's is, uvicorn --workers' and gunicorn's
+    # included (siomesh.local_peers); here the worker's own server serves it
+    private = bind_listener(_private_host(host), private_port)
     public_address = public.getsockname()
 
     def stop_accepting_public() -> None:
