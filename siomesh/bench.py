@@ -184,6 +184,7 @@ def _cpu(cluster: Any) -> float:
 
 def _ratios(cells: list[Cell]) -> None:
     base = {c.workload: c for c in cells if c.scenario == BASELINE}
+    owners = {(c.scenario, c.workload): c for c in cells if c.scenario.endswith("-owner")}
     for cell in cells:
         b = base.get(cell.workload)
         if b is None:
@@ -196,9 +197,13 @@ def _ratios(cells: list[Cell]) -> None:
         }
         if cell.scenario in ROUND_ROBIN and cell.workload == "polling" and cell.round_trips:
             # CPU per round trip = base * (1 + f * c), f the share of requests forwarded
-            # (2/3 with 3 nodes): c, the CPU a forward adds relative to serving the request
+            # (2/3 with 3 nodes): c, the CPU a forward adds relative to serving the request.
+            # The base is the same mesh behind an owner-aware config (no forward) when it ran,
+            # so that c prices the hop alone; else the sticky baseline.
+            owner = owners.get((cell.scenario.replace("-rr", "-owner"), cell.workload))
+            base_cpu = owner.cpu_per_1k if owner is not None else b.cpu_per_1k
             share = cell.forwarded / max(1, _requests(cell))
-            extra = cell.ratios["cpu"] - 1
+            extra = cell.cpu_per_1k / base_cpu - 1 if base_cpu else math.nan
             cell.ratios["c"] = extra / share if share > 0 else math.nan
 
 
@@ -228,7 +233,8 @@ def _table(cells: list[Cell]) -> str:
     lines.append(
         "cpu s/1k = CPU seconds of every node process (utime + stime) per 1,000 round trips; "
         "fwd = requests the nodes forwarded; c = the CPU a forward adds relative to serving "
-        "a request, from the cpu ratio and the share of requests forwarded (rr setups)"
+        "a request, from the cpu against the same mesh behind the owner-aware config (or "
+        "sticky) and the share of requests forwarded (rr setups)"
     )
     return "\n".join(lines)
 
