@@ -184,10 +184,16 @@ class AdapterConfig:
     #: the room (fewer peer messages; a join is seen by other nodes ~50-150 ms later, and an
     #: emit inside that window misses the new member).
     room_routing: str = "all"
+    #: The most an emit waits for its live peers to have applied it (emit-completion and
+    #: causal order, docs/adapter.md): past it the emit returns, the peer is reported lagging
+    #: and not waited for until it catches up. 0: emits never wait (no cross-node order).
+    order_timeout: float = 0.25
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
             raise ConfigError("adapter.max_queue must be >= 1")
+        if not 0 <= self.order_timeout <= 10:
+            raise ConfigError("adapter.order_timeout must be between 0 and 10 seconds")
         if self.flush_timeout < 0:
             raise ConfigError("adapter.flush_timeout must be >= 0")
         if self.room_routing not in ("all", "directory"):

@@ -74,14 +74,15 @@ class Emission:
     """One message (an emit, a room change, ...) sent to one or more peers, as its sender
     waits for it: ``pending`` peers have not acknowledged it yet (lagging peers are not waited
     for); ``done`` once the sender stopped waiting (everyone acknowledged, or the bound was
-    hit). ``waiter`` (set by the one who waits) is resolved when ``pending`` reaches 0."""
+    hit). ``waiter`` (set by the one who waits) is resolved (``True``) when ``pending``
+    reaches 0."""
 
     __slots__ = ("done", "entries", "pending", "waiter")
 
     def __init__(self) -> None:
         self.pending = 0
         self.done = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[bool] | None = None
         #: (channel, sequence number) of each peer it was queued for
         self.entries: list[tuple[PeerChannel, int]] = []
 
@@ -89,7 +90,7 @@ class Emission:
         """One peer applied it (or will not be waited for)."""
         self.pending -= 1
         if self.pending <= 0 and self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+            self.waiter.set_result(True)
 
 
 def merge_targets(into: Targets, more: Targets) -> None:
@@ -154,6 +155,7 @@ class PeerChannel:
         #: when the peer last acknowledged, or the queue last became non-empty (monotonic)
         self._progress_at = time.monotonic()
         self._stalled_since: float | None = None
+        self._acked_at: float | None = None  # when the peer last acknowledged something new
         #: emissions waiting for this peer's acknowledgement, by sequence number
         self._awaiting: deque[tuple[int, Emission]] = deque()
         #: emissions not done yet, by sequence number (they hold the stable watermark back)
@@ -164,7 +166,7 @@ class PeerChannel:
         self._lag_mark = 0
         self.stats = {
             "sent": 0, "resent": 0, "acked": 0, "gap_messages": 0, "gaps": 0, "stalls": 0,
-            "order_timeouts": 0,
+            "order_timeouts": 0, "lagging": 0,
         }  # fmt: skip
 
     def __len__(self) -> int:
@@ -212,19 +214,37 @@ class PeerChannel:
         """Whether message ``seq`` is still waited for (not acknowledged, peer not lagging)."""
         return bool(self._awaiting) and self._awaiting[0][0] <= seq
 
+    def timed_out(self, now: float, bound: float) -> None:
+        """An emit stopped waiting for this peer after ``bound`` seconds (counted in
+        ``order_timeouts``). A peer that acknowledged something within ``bound`` is busy, not
+        stalled: it is still waited for by later emits. One that did not is marked lagging."""
+        self.stats["order_timeouts"] += 1
+        if self._acked_at is not None and now - self._acked_at < bound:
+            self._warn.warning(
+                ("busy", self.peer),
+                "adapter: an emit returned after adapter.order_timeout (%.2f s) before %s "
+                "applied it: that node is busy (%d messages wait for it); its clients may get "
+                "that message after later ones from other nodes",
+                bound,
+                self.peer,
+                self._messages,
+            )
+            return
+        self.lag("no acknowledgement", bound)
+
     def lag(self, why: str, bound: float) -> None:
-        """The peer did not apply a message within an emit's bound (``why``): stop waiting for
+        """The peer cannot apply messages within an emit's bound (``why``): stop waiting for
         it (every emission waiting for it is released) until it has acknowledged everything
-        sent to it so far. Counted (``order_timeouts``) and said once per episode."""
+        sent to it so far. Counted (``lagging``) and said once per episode."""
         self._release()
         if self.lagging:
             return
         self.lagging = True
         self._lag_mark = self._seq
-        self.stats["order_timeouts"] += 1
+        self.stats["lagging"] += 1
         self._warn.warning(
             ("lagging", self.peer),
-            "adapter: %s has not applied a message within adapter.order_timeout (%.2f s; %s): "
+            "adapter: %s has not acknowledged anything for adapter.order_timeout (%.2f s; %s): "
             "emits stop waiting for it until it catches up; meanwhile its clients may get "
             "messages from different nodes out of order (nothing is lost: what it misses is "
             "held for it, or its clients are disconnected to resync)",
@@ -391,7 +411,7 @@ class PeerChannel:
                 self._messages -= 1
                 self.stats["acked"] += 1
         if progressed:
-            self._progress_at = time.monotonic()
+            self._progress_at = self._acked_at = time.monotonic()
             if self._stalled_since is not None:
                 log.warning(
                     "adapter: %s acknowledges again after %.1f s: what was held for it is "

@@ -31,7 +31,6 @@ import contextlib
 import inspect
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,7 +40,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import socketio
 
-from ..config import ConfigError
 from ..links.calls import CallFailed, CallRefused
 from ..links.frames import FrameType, decode_u64_pair, encode_u64_pair
 from ..links.link import Link, LinkClosed
@@ -69,9 +67,8 @@ ADAPTER_CALL = "adapter"
 
 TICK = 0.5  # how often channels retry sending and notice dead peers, seconds
 #: Default of ``order_timeout``: the most an emit waits for its peers (emit-completion and
-#: causal order, see docs/adapter.md); the environment variable ``SIOMESH_ADAPTER_ORDER_TIMEOUT``
-#: sets it where the node's configuration has no ``adapter.order_timeout``.
-ORDER_TIMEOUT = 0.5
+#: causal order, see docs/adapter.md): ``adapter.order_timeout`` in the node's configuration.
+ORDER_TIMEOUT = 0.25
 
 ServerEventHandler = Callable[..., Any]
 _H = TypeVar("_H", bound=ServerEventHandler)
@@ -467,27 +464,44 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             if local is not None:
                 await local()
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.order_timeout
-        emission: Emission | None = None
-        try:
-            entry = self._join_gate()
-            if entry is None:  # nothing to wait for: send at once, deliver here meanwhile
-                emission = Emission()
+        deadline = asyncio.get_running_loop().time() + self.order_timeout
+        entry = self._join_gate()
+        if entry is None:  # nothing to wait for: send at once, deliver here meanwhile
+            emission = Emission()
+            try:
                 self._send(targets, message, emission=emission)
                 if local is not None:
                     await local()
-            else:
-                try:
-                    if local is not None:
-                        await local()
-                    await self._pass_gate(entry, deadline)
-                    emission = Emission()
-                    self._send(targets, message, emission=emission)
-                    deadline = loop.time() + self.order_timeout
-                finally:
-                    self._leave_gate(entry)
-            await self._wait_applied(emission, deadline)
+                await self._wait_applied(emission, deadline)
+            finally:
+                self._finish(emission)
+            return
+        # this node's half first, then the rest in its turn, on a task of its own: if this
+        # caller is cancelled meanwhile, the message still goes to the peers, in order
+        try:
+            if local is not None:
+                await local()
+        finally:
+            rest = asyncio.ensure_future(self._send_in_turn(entry, targets, message, deadline))
+            rest.add_done_callback(_log_failure)  # when nobody awaits it any more
+        await asyncio.shield(rest)
+
+    async def _send_in_turn(
+        self, entry: _GateEntry, targets: list[str], message: dict[str, Any], deadline: float
+    ) -> None:
+        """Send ``message`` once ``entry`` is released from the gate, then wait until it is
+        applied (the acknowledgements' bound counts from the send)."""
+        emission: Emission | None = None
+        try:
+            try:
+                await self._pass_gate(entry, deadline)
+                emission = Emission()
+                self._send(targets, message, emission=emission)
+            finally:
+                self._leave_gate(entry)
+            await self._wait_applied(
+                emission, asyncio.get_running_loop().time() + self.order_timeout
+            )
         finally:
             if emission is not None:
                 self._finish(emission)
@@ -509,12 +523,17 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             return
         loop = asyncio.get_running_loop()
         emission.waiter = waiter = loop.create_future()
-        await asyncio.wait((waiter,), timeout=max(0.0, deadline - loop.time()))
-        if not waiter.done():
-            waiter.cancel()
+        # a timer, not asyncio.wait: the acknowledgement wakes this task one loop turn sooner
+        timer = loop.call_at(deadline, _resolve, waiter, False)
+        try:
+            applied = await waiter
+        finally:
+            timer.cancel()
+        if not applied:
+            now = time.monotonic()
             for channel, seq in emission.entries:
                 if channel.waits_for(seq):
-                    channel.lag("no acknowledgement", self.order_timeout)
+                    channel.timed_out(now, self.order_timeout)
 
     def _finish(self, emission: Emission) -> None:
         """The sender stopped waiting for ``emission``: its channels' stable watermarks may
@@ -1050,9 +1069,13 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 except Exception:
                     log.exception("adapter message from %s failed", sender)
             self._ack(link, epoch, seq)
+            if not inbox:
+                # the burst is applied (in the clients' queues): acknowledge now, not a loop
+                # turn later, behind the writes to those clients (the sender's emit waits)
+                self._flush_acks()
 
     def _ack(self, link: Link, epoch: int, seq: int) -> None:
-        # one cumulative ack per link per loop iteration, however many messages were applied
+        # one cumulative ack per link per burst (or loop turn, in a long burst)
         self._acks[link] = (epoch, seq)
         self._schedule_flush()
 
@@ -1064,6 +1087,8 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
     def _flush_acks(self) -> None:
         """Send the acknowledgements and stable watermarks gathered in this loop turn."""
         self._acks_scheduled = False
+        if not self._acks and not self._stable_dirty:
+            return
         acks, self._acks = self._acks, {}
         for link, (epoch, seq) in acks.items():
             link.send(FrameType.ADAPTER_ACK, 0, encode_u64_pair(epoch, seq))
@@ -1241,24 +1266,21 @@ def install_adapter(mesh: NodeContext, **options: Any) -> MeshManager | None:
     return manager
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("adapter message could not be sent", exc_info=task.exception())
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 def _order_timeout(settings: Any) -> float:
-    """``adapter.order_timeout`` from the node's configuration when it has that option, else
-    ``SIOMESH_ADAPTER_ORDER_TIMEOUT``, else :data:`ORDER_TIMEOUT`."""
+    """``adapter.order_timeout`` (``SIOMESH_ADAPTER_ORDER_TIMEOUT``) of the node's
+    configuration, or :data:`ORDER_TIMEOUT` for a context without one (tests)."""
     value = getattr(settings, "order_timeout", None)
-    if value is not None:
-        return float(value)
-    raw = os.environ.get("SIOMESH_ADAPTER_ORDER_TIMEOUT", "").strip()
-    if not raw:
-        return ORDER_TIMEOUT
-    try:
-        timeout = float(raw)
-    except ValueError:
-        timeout = -1.0
-    if not timeout >= 0:
-        raise ConfigError(
-            f"SIOMESH_ADAPTER_ORDER_TIMEOUT={raw!r}: a number of seconds >= 0 is needed"
-        )
-    return timeout
+    return float(value) if value is not None else ORDER_TIMEOUT
 
 
 def _targets_of(message: dict[str, Any]) -> Targets:

@@ -7,9 +7,11 @@
   python-socketio nodes on ``AsyncRedisManager`` with a real redis-server behind HAProxy
   cookie stickiness (``haproxy-sticky-cookie.cfg``).
 * ``latency``: R WebSocket receivers spread evenly over 3 nodes (no balancer), one sender on
-  the first node; paced broadcasts (one every 5 ms) for latency, then a burst as fast as the
-  sender's node emits them for deliveries per second. Setups: 3 SioMesh nodes (the mesh
-  adapter), and 3 plain nodes on ``AsyncRedisManager`` + redis-server.
+  the first node; paced broadcasts (one every 50 ms) for latency, then a burst as fast as the
+  sender's node emits them for deliveries per second; then broadcasts made in turn by a sender
+  on each node, each awaited before the next (the order of issue 15: every receiver must get
+  them in order). Setups: 3 SioMesh nodes (the mesh adapter), and 3 plain nodes on
+  ``AsyncRedisManager`` + redis-server.
 
 Every process is started on free loopback ports and ended by its pid (also on failure); every
 wait is bounded, and what did not arrive in time is counted, never waited for.
@@ -70,6 +72,8 @@ class LatencyParams:
     # 90,000 deliveries: a few seconds. At 3,000 (450,000 deliveries) every receiver lost its
     # WebSocket a few seconds in, in both setups: the figures then measure a collapse.
     burst: int = 600
+    #: broadcasts made in turn by a sender on each node, each awaited before the next
+    rotating: int = 60
     warmup: int = 20
     connect_timeout: float = 30.0
     call_timeout: float = 30.0
@@ -184,10 +188,12 @@ class _Sender:
             self.timeout + 1,
         )
 
-    async def broadcast(self, tag: str, count: int, interval: float) -> tuple[float, str | None]:
+    async def broadcast(
+        self, tag: str, count: int, interval: float, start: int = 0
+    ) -> tuple[float, str | None]:
         """Returns when the sender started and the error, if the node did not ack in time."""
         began = time.monotonic()
-        spec = {"room": ROOM, "tag": tag, "count": count, "interval": interval}
+        spec = {"room": ROOM, "tag": tag, "count": count, "interval": interval, "start": start}
         try:
             await self.client.call("broadcast", spec, timeout=self.timeout + count * interval)
         except Exception as exc:
@@ -301,12 +307,13 @@ async def _latency_setup(kind: str, params: LatencyParams, workdir: Path) -> Out
         connect_timeout=params.connect_timeout,
         call_timeout=params.call_timeout,
     )
-    sender = _Sender(urls[0], params.call_timeout)
+    senders = [_Sender(url, params.call_timeout) for url in urls]  # one per node
+    sender = senders[0]
     try:
         await fleet.start()
         outcome.connect = await fleet.connect()
         try:
-            await sender.connect()
+            await asyncio.gather(*(s.connect() for s in senders))
         except (Exception, asyncio.TimeoutError) as exc:
             outcome.errors.append(f"sender: connect: {type(exc).__name__}: {exc}")
         else:
@@ -319,12 +326,36 @@ async def _latency_setup(kind: str, params: LatencyParams, workdir: Path) -> Out
                 await _broadcast_phase(fleet, sender, outcome, tag, count, interval, wait)
                 d = outcome.deliveries[tag]
                 _progress(f"  {kind} {tag}: {d.delivered}/{d.expected * d.receivers} delivered")
+            if params.rotating:
+                await _rotating_phase(fleet, senders, outcome, params.rotating, wait)
+                d = outcome.deliveries["rotating"]
+                _progress(
+                    f"  {kind} rotating: {d.delivered}/{d.expected * d.receivers} delivered, "
+                    f"{d.reordered} receivers out of order"
+                )
         setup.sample(outcome)
     finally:
-        await sender.close()
+        await asyncio.gather(*(s.close() for s in senders))
         await fleet.close()
         setup.stop()
     return outcome
+
+
+async def _rotating_phase(
+    fleet: Fleet, senders: list[_Sender], outcome: Outcome, count: int, wait: float
+) -> None:
+    """Broadcast i is made by the sender of node i % 3, once broadcast i - 1's call returned
+    (so its emit had returned on its node): every receiver must get them in order."""
+    began = time.monotonic()
+    for i in range(count):
+        _, error = await senders[i % len(senders)].broadcast("rotating", 1, 0.0, start=i)
+        if error:
+            outcome.errors.append(error)
+            break
+    outcome.spans["rotating_sent"] = time.monotonic() - began
+    report = await fleet.expect("rotating", count, timeout=wait)
+    outcome.deliveries["rotating"] = report
+    outcome.spans["rotating"] = report.last_arrival - began
 
 
 # -- the table --------------------------------------------------------------------------------
@@ -396,6 +427,11 @@ def _scale_rows(tag: str) -> list[_Row]:
     ]
 
 
+def _rotating_rate(o: Outcome) -> float:
+    span = o.spans["rotating_sent"]
+    return o.deliveries["rotating"].expected / span if span > 0 else math.nan
+
+
 def _burst_rate(o: Outcome) -> float:
     delivered, span = o.deliveries["burst"].delivered, o.spans["burst"]
     return delivered / span if span > 0 else math.nan
@@ -410,6 +446,9 @@ def _latency_rows(receivers: int) -> list[_Row]:
         ("burst: deliveries/s", _burst_rate, True),
         ("burst: last delivery after (s)", lambda o: o.spans["burst"], True),
         ("burst: messages lost", _d("burst", lambda d: d.lost), False),
+        ("rotating: broadcasts/s, each awaited", _rotating_rate, True),
+        ("rotating: latency p50 (ms)", _d("rotating", lambda d: _ms(d.latencies, 0.5)), True),
+        ("rotating: clients out of order", _d("rotating", lambda d: d.reordered), False),
         ("all phases: clients with duplicates", _all(lambda d: d.with_duplicates), False),
         ("all phases: clients with reordering", _all(lambda d: d.reordered), False),
         ("all phases: clients disconnected", _all(lambda d: d.dropped), False),
@@ -606,7 +645,7 @@ def run_latency(params: LatencyParams, out: Path, only: Collection[str] = ()) ->
     title = (
         f"latency: {params.receivers} WebSocket receivers over 3 nodes, one sender; "
         f"{params.paced} broadcasts {params.interval * 1000:.0f} ms apart, "
-        f"then a burst of {params.burst}"
+        f"then a burst of {params.burst}; then {params.rotating} by a sender on each node in turn"
     )
 
     rows = [*_latency_rows(params.receivers), *_COST_ROWS]

@@ -75,10 +75,16 @@ async def test_a_frozen_node_stalls_only_its_own_clients(
         assert await client.call("join", "room", timeout=10)
         clients.append((i, url, client))
     sender = next(c for i, u, c in clients if u == urls[0])
+    resume: asyncio.TimerHandle | None = None
     try:
         await asyncio.sleep(0.5)
         frozen.popen.send_signal(signal.SIGSTOP)
         began = time.monotonic()
+        # the node resumes after exactly ``freeze`` seconds, whatever the broadcasts cost
+        # (the first emit waits up to adapter.order_timeout for the frozen peer)
+        resume = asyncio.get_running_loop().call_later(
+            freeze, frozen.popen.send_signal, signal.SIGCONT
+        )
         # while it is frozen: broadcasts from node 0, and calls by every client of nodes 0, 1
         count = await sender.call(
             "broadcast",
@@ -100,6 +106,8 @@ async def test_a_frozen_node_stalls_only_its_own_clients(
         assert time.monotonic() - began < freeze + 5
         await asyncio.sleep(max(0.0, freeze - (time.monotonic() - began)))
     finally:
+        if resume is not None:
+            resume.cancel()
         frozen.popen.send_signal(signal.SIGCONT)
     # resumed: its clients get what was held for them, once, in order; or, if it was declared
     # dead meanwhile, they are disconnected so that they resync: never a silent gap

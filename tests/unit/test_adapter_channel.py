@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -398,17 +399,34 @@ def test_a_lagging_peer_is_not_waited_for_until_it_catches_up(
     h = Harness()
     h.link = FakeLink()
     first, second = emit(h, "a"), emit(h, "b")
-    h.channel.lag("no acknowledgement", 0.5)
+    h.channel.timed_out(time.monotonic(), 0.5)  # never acknowledged anything: stalled
     assert (first.pending, second.pending) == (0, 0)  # released
-    assert h.channel.lagging and h.channel.stats["order_timeouts"] == 1
-    assert "not applied a message within adapter.order_timeout" in caplog.text
+    assert h.channel.lagging and h.channel.stats["lagging"] == 1
+    assert h.channel.stats["order_timeouts"] == 1
+    assert "has not acknowledged anything for adapter.order_timeout" in caplog.text
     third = emit(h, "c")
     assert third.pending == 0 and not h.channel.waits_for(3)
     h.channel.lag("no acknowledgement", 0.5)  # the same episode: counted once
-    assert h.channel.stats["order_timeouts"] == 1
+    assert h.channel.stats["lagging"] == 1
     h.channel.on_ack(EPOCH, 2)  # acknowledges what it had when it lagged: caught up
     assert not h.channel.lagging
     assert emit(h, "d").pending == 1
+
+
+def test_a_busy_peer_is_still_waited_for_after_an_emit_timed_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.link = FakeLink()
+    emit(h, "a")
+    late = emit(h, "b")
+    h.channel.on_ack(EPOCH, 1)  # it acknowledges, slowly: busy, not stalled
+    h.channel.timed_out(time.monotonic(), 0.5)
+    assert not h.channel.lagging and h.channel.stats["order_timeouts"] == 1
+    assert late.pending == 1 and h.channel.waits_for(2)  # later emits still wait for it
+    assert "that node is busy" in caplog.text
+    h.channel.timed_out(time.monotonic() + 1.0, 0.5)  # nothing for a whole bound: stalled
+    assert h.channel.lagging and late.pending == 0
 
 
 def test_abandon_releases_the_emissions_waiting_for_the_peer() -> None:

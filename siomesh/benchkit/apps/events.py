@@ -4,10 +4,11 @@
 * ``connects``: acks how many times this node's ``connect`` handler ran (a session's handler
   must run exactly once in the cluster: the takeover tests sum it over the nodes);
 * ``join`` ``room`` (acks ``True`` once the sender is in it);
-* ``broadcast`` ``{"room", "tag", "count", "interval"}``: ``count`` emits of ``b``
-  ``[tag, i, t]`` to ``room`` (``t``: ``time.monotonic()`` at the emit, which client processes
-  on the same machine compare with their own clock), ``interval`` seconds apart; acks ``count``
-  after the last one.
+* ``broadcast`` ``{"room", "tag", "count", "interval", "start"}``: ``count`` emits of ``b``
+  ``[tag, i, t]`` to ``room``, ``i`` from ``start`` (default 0) on (``t``:
+  ``time.monotonic()`` at the emit, which client processes on the same machine compare with
+  their own clock), ``interval`` seconds apart; acks ``count`` after the last one (each emit
+  awaited: with the mesh adapter, once every node has it).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def register(sio: Any, node: str) -> None:
         room, tag = spec.get("room"), str(spec.get("tag", ""))
         count = max(0, min(int(spec.get("count", 1)), MAX_BROADCASTS))
         interval = max(0.0, float(spec.get("interval", 0.0)))
-        for i in range(count):
+        start = max(0, int(spec.get("start", 0)))
+        for i in range(start, start + count):
             await sio.emit("b", [tag, i, time.monotonic()], to=room)
             if interval:
                 await asyncio.sleep(interval)
