@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from .config import env_option
 from .workers import WorkerPlan, app_problem, plan_workers, port_problem, supervise
 
 __all__ = ["main"]
@@ -262,13 +263,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _drain(args: argparse.Namespace) -> int:
     import asyncio
-    import os
 
     from .config import ConfigError
     from .drain_client import drain_node
     from .links.pool import LinkUnavailable
 
-    secret = args.secret or os.environ.get("SIOMESH_SECRET")
+    secret = args.secret or env_option("secret")
     if not secret:
         print(
             "siomesh: drain needs the cluster secret: --secret or SIOMESH_SECRET", file=sys.stderr
@@ -289,11 +289,10 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _balancer(args: argparse.Namespace) -> int:
-    import os
 
     from .owner_routing import backends, render
 
-    secret = args.secret or os.environ.get("SIOMESH_SECRET")
+    secret = args.secret or env_option("secret")
     if not secret:
         print("siomesh: the tags depend on the cluster secret: --secret or SIOMESH_SECRET",
               file=sys.stderr)  # fmt: skip

@@ -33,6 +33,8 @@ __all__ = [
     "MeshConfig",
     "RecoveryConfig",
     "TakeoverConfig",
+    "env_list",
+    "env_option",
     "local_options",
     "normalize_url",
     "parse_port_range",
@@ -133,6 +135,21 @@ def _placeholder(secret: str) -> str | None:
 
 def _split_list(value: str) -> tuple[str, ...]:
     return tuple(p for p in (x.strip() for x in value.replace(";", ",").split(",")) if p)
+
+
+def env_option(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The raw value of ``SIOMESH_<NAME>`` (None when unset or blank), for the commands and
+    helpers that need one option before (or without) building a :class:`MeshConfig`: every
+    ``SIOMESH_*`` variable is read in this module."""
+    source = os.environ if env is None else env
+    raw = source.get(ENV_PREFIX + name.upper(), "").strip()
+    return raw or None
+
+
+def env_list(name: str, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``SIOMESH_<NAME>`` as a comma (or semicolon) separated list, e.g. ``PEERS``."""
+    raw = env_option(name, env)
+    return _split_list(raw) if raw else ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .config import env_option
 from .local_peers import bind_listener, free_port, private_host
 
 __all__ = [
@@ -110,7 +111,7 @@ def plan_workers(
         host=host,
         port=port,
         private_ports=ports,
-        secret=secret or os.environ.get("SIOMESH_SECRET") or secrets.token_urlsafe(32),
+        secret=secret or env_option("secret") or secrets.token_urlsafe(32),
         app=app,
     )
 

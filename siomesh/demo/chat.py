@@ -20,7 +20,6 @@ The broadcast is a plain ``sio.emit``: SioMesh's cluster adapter relays it to th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from siomesh import SioMesh
+from siomesh.config import env_list, env_option
 
 __all__ = ["MAX_NAME", "MAX_TEXT", "app", "sio", "web"]
 
 STATIC_DIR = Path(__file__).parent / "static"
-NODE = os.environ.get("SIOMESH_NODE_URL", "")
+NODE = env_option("node_url") or ""
 #: Longest display name and message kept; longer input is cut, not refused.
 MAX_NAME = 40
 MAX_TEXT = 2000
@@ -91,7 +91,7 @@ async def index(request: Request) -> Response:
 async def cluster(request: Request) -> Response:
     """The workers in index order (the page names them "worker 0", "worker 1", ...) and the
     one that answered this request."""
-    peers = [p.strip() for p in os.environ.get("SIOMESH_PEERS", "").split(",") if p.strip()]
+    peers = list(env_list("peers"))
     return JSONResponse({"nodes": peers or [NODE], "self": NODE})
 
 

@@ -202,3 +202,14 @@ def test_bad_section_values_are_refused_by_name(env: dict[str, str], words: str)
 def test_unknown_section_option_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown links option"):
         MeshConfig.build({}, node_url="http://a:1", secret=SECRET, links={"bogus": 1})
+
+
+def test_single_options_are_read_here_too() -> None:
+    from siomesh.config import env_list, env_option
+
+    env = {"SIOMESH_SECRET": " s3cr3t ", "SIOMESH_PEERS": "http://a:1, http://b:2;http://c:3"}
+    assert env_option("secret", env) == "s3cr3t"
+    assert env_option("node_url", env) is None
+    assert env_option("secret", {"SIOMESH_SECRET": "  "}) is None
+    assert env_list("peers", env) == ("http://a:1", "http://b:2", "http://c:3")
+    assert env_list("peers", {}) == ()
