@@ -276,7 +276,7 @@ class Forwarder:
         link = await self._link(target)
         headers = forwarded_headers(scope["headers"], _client_host(scope), websocket=False)
         if via:
-            headers.append((VIA, b"1"))
+            headers.append((VIA, b"1"))  # last: the owner looks only there
         meta = RequestMeta.from_scope(scope, headers)
         stream = link.open_stream()
         try:
@@ -470,9 +470,10 @@ class ForwardedServer:
         raw_meta, body = decode_meta_body(payload)
         scope = RequestMeta.from_wire(raw_meta).scope("http")
         scope[FORWARDED_BY] = link.peer
-        if any(name == VIA for name, _ in scope["headers"]):
+        headers = scope["headers"]
+        if headers and headers[-1][0] == VIA:  # the forwarder puts it last: no scan per request
             scope[VIA_KEY] = True
-            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != VIA]
+            del headers[-1]
         if body or scope["method"] == "POST":
             # python-engineio reads exactly Content-Length bytes (none without it): the body
             # arrived whole, so its length is known; the client's own header was dropped.

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import socketio
 
 from siomesh.owner_routing import backends, render
 from tests.conftest import require_binary
 from tests.harness.balancers import Balancer, start_balancer
+from tests.harness.callers import steady_caller
 from tests.harness.load import run_load
 from tests.harness.procs import TEST_SECRET, MeshCluster, start_mesh
 
@@ -83,27 +83,6 @@ async def test_a_tag_the_config_does_not_know_is_forwarded(
     assert mesh.total("forwarded") > forwarded  # node 3's sessions, through the mesh
 
 
-async def _caller(
-    url: str, i: int, stop: asyncio.Event, log: list[tuple[float, bool]], sids: list[str]
-) -> None:
-    client = socketio.AsyncClient(reconnection=True, reconnection_delay=0.2)
-    try:
-        await asyncio.wait_for(client.connect(url, transports=["polling"]), 10)
-        sids.append(str(client.eio.sid))
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                ok = await client.call("echo", {"i": i, "n": n}, timeout=2) == {"i": i, "n": n}
-            except Exception:
-                ok = False
-            log.append((time.monotonic(), ok))
-            await asyncio.sleep(0.2)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), 3)
-
-
 @pytest.mark.parametrize("name", ["nginx", "haproxy"])
 async def test_a_frozen_node_costs_other_nodes_clients_nothing(tmp_path: Path, name: str) -> None:
     """One of 3 nodes frozen (SIGSTOP) for 15 s under 30 polling clients calling every
@@ -117,7 +96,8 @@ async def test_a_frozen_node_costs_other_nodes_clients_nothing(tmp_path: Path, n
     logs: list[list[tuple[float, bool]]] = [[] for _ in range(count)]
     sids: list[list[str]] = [[] for _ in range(count)]
     tasks = [
-        asyncio.ensure_future(_caller(lb.url, i, stop, logs[i], sids[i])) for i in range(count)
+        asyncio.ensure_future(steady_caller(lb.url, i, stop, logs[i], sids=sids[i]))
+        for i in range(count)
     ]
     frozen = cluster.nodes[2]
     try:

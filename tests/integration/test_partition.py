@@ -27,6 +27,7 @@ import socketio
 from siomesh.benchkit.procs import Proc
 from tests.conftest import require_binary
 from tests.harness.balancers import start_balancer
+from tests.harness.callers import steady_caller
 from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
 
@@ -195,27 +196,6 @@ HEAL_CUT = 20.0
 CALL_EVERY = 0.2
 
 
-async def _caller(url: str, i: int, stop: asyncio.Event, log: list[tuple[float, bool]]) -> None:
-    """A polling-only client (python-socketio, reconnecting as users run it) that calls
-    ``echo`` every CALL_EVERY seconds and logs when each call succeeded or failed."""
-    client = socketio.AsyncClient(reconnection=True, reconnection_delay=0.2)
-    try:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.connect(url, transports=["polling"]), 10)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                ok = await client.call("echo", {"i": i, "n": n}, timeout=2) == {"i": i, "n": n}
-            except Exception:
-                ok = False
-            log.append((time.monotonic(), ok))
-            await asyncio.sleep(CALL_EVERY)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), 3)
-
-
 async def test_polling_clients_are_back_at_once_after_a_heal(firewall: str, tmp_path: Path) -> None:
     """30 polling-only clients through nginx round-robin, calling every 0.2 s, while two of
     the 3 nodes are cut from each other for 20 s. A request that lands on one of the two for a
@@ -230,7 +210,8 @@ async def test_polling_clients_are_back_at_once_after_a_heal(firewall: str, tmp_
     tasks: list[asyncio.Task[None]] = []
     try:
         tasks = [
-            asyncio.ensure_future(_caller(lb.url, i, stop, logs[i])) for i in range(HEAL_CLIENTS)
+            asyncio.ensure_future(steady_caller(lb.url, i, stop, logs[i], every=CALL_EVERY))
+            for i in range(HEAL_CLIENTS)
         ]
         await asyncio.sleep(3)
         with partition(firewall, (GROUPS[0], ports[0]), (GROUPS[1], ports[1])):

@@ -197,6 +197,18 @@ class Caller:
                 )
 
 
+async def _connected_callers(url: str, count: int) -> list[Caller]:
+    """``count`` callers (half polling-only) connected to ``url``, bounded."""
+    callers = [Caller(i, polling_only=i % 2 == 0) for i in range(count)]
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(c.sio.connect(url, transports=c.transports, wait_timeout=15) for c in callers)
+        ),
+        60,
+    )
+    return callers
+
+
 async def test_gunicorn_reload_ttou_and_kill_lose_no_calls(tmp_path: Path) -> None:
     """30 clients (half polling-only) call every 0.2 s through a gunicorn reload (HUP: new
     workers start, then the old ones drain), a TTOU (one worker drains and goes) and a SIGKILL
@@ -208,14 +220,7 @@ async def test_gunicorn_reload_ttou_and_kill_lose_no_calls(tmp_path: Path) -> No
     # ping interval bounds that wait (it changes nothing else)
     env = {"ECHO_PING_INTERVAL": "5", "ECHO_PING_TIMEOUT": "5"}
     with running_server("gunicorn", tmp_path, workers=3, env=env) as server:
-        callers = [Caller(i, polling_only=i % 2 == 0) for i in range(30)]
-        await asyncio.wait_for(
-            asyncio.gather(
-                *(c.sio.connect(server.url, transports=c.transports, wait_timeout=15)
-                  for c in callers)
-            ),
-            60,
-        )  # fmt: skip
+        callers = await _connected_callers(server.url, 30)
         stop = asyncio.Event()
         loops = [asyncio.ensure_future(c.run(stop)) for c in callers]
 
@@ -293,14 +298,7 @@ async def test_gunicorn_max_requests_recycles_workers_without_losing_calls(
     env = {"ECHO_PING_INTERVAL": "5", "ECHO_PING_TIMEOUT": "5"}
     extra = ["--max-requests", "300", "--max-requests-jitter", "50"]
     with running_server("gunicorn", tmp_path, workers=3, env=env, extra=extra) as server:
-        callers = [Caller(i, polling_only=i % 2 == 0) for i in range(30)]
-        await asyncio.wait_for(
-            asyncio.gather(
-                *(c.sio.connect(server.url, transports=c.transports, wait_timeout=15)
-                  for c in callers)
-            ),
-            60,
-        )  # fmt: skip
+        callers = await _connected_callers(server.url, 30)
         stop = asyncio.Event()
         loops = [asyncio.ensure_future(c.run(stop)) for c in callers]
         try:
