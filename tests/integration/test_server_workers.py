@@ -1,8 +1,10 @@
 """``SioMesh(app)`` under ``uvicorn --workers N`` and gunicorn's uvicorn workers, configured by
 ``SIOMESH_SECRET`` alone: the workers open their own private peer ports and find each other
-(siomesh.local_peers), so polling-only and upgrading clients work through one port with no
-stickiness; and gunicorn's reload (HUP), TTOU and a worker killed with SIGKILL lose no calls
-(or, for SIGKILL, only those in flight on the dead worker), counted per phase.
+(siomesh.local_peers), so polling-only and upgrading clients (python-socketio's and the npm
+socket.io-client's) work through one port with no stickiness; and gunicorn's reload (HUP),
+TTIN, TTOU and a worker killed with SIGKILL lose no calls (or, for SIGKILL, only those in
+flight on the dead worker), counted per phase. Two machines simulated with network namespaces:
+tests/integration/test_workers_netns.py.
 
 ``SIOMESH_WORKERS_BIG=1`` runs the load test with 200 polling-only + 200 default clients.
 """
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -29,7 +32,7 @@ import socketio
 from siomesh import SioMesh, local_peers
 from siomesh.local_peers import bind_listener, public_listeners
 from siomesh.rendezvous import Entry, Rendezvous, process_start, rendezvous_key
-from tests.e2e import require
+from tests.e2e import NODE_DIR, node_client, require
 from tests.harness.ports import LOOPBACK, free_port
 from tests.harness.procs import TEST_SECRET
 from tests.harness.servers import Server, running_server
@@ -42,7 +45,10 @@ NEEDS_GUNICORN = "gunicorn and uvicorn-worker are not installed: pip install -e 
 
 def needs_gunicorn() -> None:
     require(HAS_GUNICORN, NEEDS_GUNICORN)
+
+
 CLIENTS = 400 if BIG else 50
+NPM_CLIENTS = 40
 SHOUTS = 20
 ROOM = "all"
 
@@ -96,20 +102,84 @@ class LoadClient:
             self.errors.append(f"client {self.index}: {type(exc).__name__}: {exc}")
 
 
-async def load(url: str, clients: int) -> tuple[list[str], set[str]]:
-    """``clients`` clients (half polling-only, half python-socketio's default: polling, then a
-    WebSocket upgrade) connect, call, join a room; one of them shouts ``SHOUTS`` numbered
-    messages to it, each acked before the next. Every client must get each once, in order.
-    Returns (errors, the workers that own sessions)."""
+class NpmClients:
+    """``node room.js``: ``count`` npm socket.io-client sessions (half polling-only, half
+    upgrading) that connect, call, join ``ROOM`` and record the ``news`` broadcasts; ended by
+    pid whatever happens."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready: dict[str, Any] = {}
+        self.done: dict[str, Any] = {}
+
+    async def start(self, url: str) -> None:
+        node = node_client()
+        self.proc = await asyncio.create_subprocess_exec(
+            node, "room.js", url, str(self.count), str(SHOUTS), ROOM,
+            cwd=NODE_DIR, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+
+    async def _line(self, timeout: float) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            assert self.proc.stderr is not None
+            stderr = await asyncio.wait_for(self.proc.stderr.read(), 5)
+            raise AssertionError(f"room.js ended early: {stderr.decode(errors='replace')}")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def wait_ready(self) -> list[str]:
+        """Errors while connecting, calling and joining (every client joined or failed)."""
+        self.ready = await self._line(120)
+        errors = [f"npm {e}" for e in self.ready["errors"]]
+        for i, transport in enumerate(self.ready["transports"]):
+            # even indexes polling-only, odd ones upgraded (a WebSocket to whichever worker)
+            if transport != ("polling" if i % 2 == 0 else "websocket"):
+                errors.append(f"npm client {i}: transport {transport}")
+        return errors
+
+    async def news(self) -> list[str]:
+        """Errors, and each client whose broadcasts were not ``0 .. SHOUTS-1`` once each."""
+        self.done = await self._line(45)
+        errors = [f"npm {e}" for e in self.done["errors"]]
+        expected = list(range(SHOUTS))
+        for i, (news, mode) in enumerate(zip(self.done["news"], self.done["modes"], strict=True)):
+            if news != expected:
+                errors.append(f"npm client {i} ({mode}): news {news}")
+        return errors
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(self.proc.wait(), 10)
+
+
+async def load(url: str, clients: int, npm: int = 0) -> tuple[list[str], set[str]]:
+    """``clients`` python-socketio clients (half polling-only, half the default: polling, then
+    a WebSocket upgrade) and ``npm`` npm socket.io-client ones (the same halves) connect, call,
+    join a room; one of them shouts ``SHOUTS`` numbered messages to it, each acked before the
+    next. Every client must get each once, in order. Returns (errors, the workers that own
+    sessions)."""
     crowd = [LoadClient(i, polling_only=i % 2 == 0) for i in range(clients)]
+    npms = NpmClients(npm)
     errors: list[str] = []
     try:
+        if npm:
+            await npms.start(url)
         # connect in waves: a burst of 400 handshakes at once is not what this measures
         for start in range(0, clients, 50):
             await asyncio.wait_for(
                 asyncio.gather(*(c.start(url) for c in crowd[start : start + 50])), 90
             )
         errors += [e for c in crowd for e in c.errors]
+        if npm:
+            errors += await npms.wait_ready()
         if errors:
             return errors, set()
         sender = crowd[0].sio
@@ -121,11 +191,14 @@ async def load(url: str, clients: int) -> tuple[list[str], set[str]]:
         for c in crowd:
             if c.news != expected:
                 errors.append(f"client {c.index} ({c.transports}): news {c.news}")
-        return errors, {c.owner for c in crowd}
+        if npm:
+            errors += await npms.news()
+        return errors, {c.owner for c in crowd} | set(npms.ready.get("owners", []))
     finally:
         await asyncio.wait_for(
             asyncio.gather(*(drop(c.sio) for c in crowd), return_exceptions=True), 30
         )
+        await npms.stop()
 
 
 def forwarded(server: Server) -> int:
@@ -138,6 +211,7 @@ def forwarded(server: Server) -> int:
 async def test_workers_mesh_with_only_a_secret(kind: str, tmp_path: Path) -> None:
     if kind != "uvicorn":
         needs_gunicorn()
+    node_client()  # skips (fails under CI) without Node.js
     started = time.monotonic()
     # a short drain: the server stops sooner at the end (draining is not what this measures)
     with running_server(kind, tmp_path, workers=3, env={"SIOMESH_DRAIN_TIMEOUT": "1"}) as server:
@@ -146,14 +220,18 @@ async def test_workers_mesh_with_only_a_secret(kind: str, tmp_path: Path) -> Non
         assert len(workers) == 3
         assert all(w.url.startswith("http://127.0.0.1:") for w in workers)
         before = forwarded(server)
-        errors, owners = await load(server.url, CLIENTS)
+        errors, owners = await load(server.url, CLIENTS, NPM_CLIENTS)
         assert errors == [], f"{len(errors)} errors:\n" + "\n".join(errors[:20])
         # the kernel hands connections to whichever worker accepts first: sessions spread,
         # and the requests of a session reach other workers, which forwarded them
         assert owners <= {w.url for w in workers}
         assert len(owners) >= 2, owners
         assert forwarded(server) > before
-        print(f"\n{kind}: meshed in {ready:.1f} s, {CLIENTS} clients, 0 errors")
+        print(
+            f"\n{kind}: meshed in {ready:.1f} s, {CLIENTS} python-socketio clients and "
+            f"{NPM_CLIENTS} npm socket.io-client ones, 0 errors, {SHOUTS} broadcasts each once "
+            f"and in order"
+        )
     # each worker removed its rendezvous file on its way out
     assert server.workers(None) == []
 
@@ -209,12 +287,13 @@ async def _connected_callers(url: str, count: int) -> list[Caller]:
     return callers
 
 
-async def test_gunicorn_reload_ttou_and_kill_lose_no_calls(tmp_path: Path) -> None:
+async def test_gunicorn_reload_ttin_ttou_and_kill_lose_no_calls(tmp_path: Path) -> None:
     """30 clients (half polling-only) call every 0.2 s through a gunicorn reload (HUP: new
-    workers start, then the old ones drain), a TTOU (one worker drains and goes) and a SIGKILL
-    (gunicorn starts a replacement). Lost calls are counted per phase and printed: the goal for
-    HUP and TTOU is none (measured 0 or 1: the drop race of docs/deployment.md, "Limits");
-    SIGKILL loses the calls in flight on the killed worker."""
+    workers start, then the old ones drain), a TTIN (a fourth worker joins), a TTOU (one
+    worker drains and goes) and a SIGKILL (gunicorn starts a replacement). Lost calls are
+    counted per phase and printed: the goal for HUP, TTIN and TTOU is none (measured 0 or 1
+    for HUP and TTOU: the drop race of docs/deployment.md, "Limits"); SIGKILL loses the calls
+    in flight on the killed worker."""
     needs_gunicorn()
     # python-engineio's client waits for its pending long-poll before it reconnects: a short
     # ping interval bounds that wait (it changes nothing else)
@@ -240,11 +319,18 @@ async def test_gunicorn_reload_ttou_and_kill_lose_no_calls(tmp_path: Path) -> No
             await wait_until(lambda: not server.workers(None)[3:], 30)
             timings["hup"] = time.monotonic() - t0
             await asyncio.sleep(2.0)
+            # TTIN: one worker more, which joins while everyone calls
+            phase("ttin")
+            t0 = time.monotonic()
+            server.signal(signal.SIGTTIN)
+            await asyncio.to_thread(server.wait_meshed, 4, timeout=60)
+            timings["ttin"] = time.monotonic() - t0
+            await asyncio.sleep(2.0)
             # TTOU: one worker fewer
             phase("ttou")
             t0 = time.monotonic()
             server.signal(signal.SIGTTOU)
-            await asyncio.to_thread(server.wait_meshed, 2, timeout=60)
+            await asyncio.to_thread(server.wait_meshed, 3, timeout=60)
             timings["ttou"] = time.monotonic() - t0
             await asyncio.sleep(2.0)
             # SIGKILL: a crash; gunicorn starts a replacement
@@ -252,7 +338,7 @@ async def test_gunicorn_reload_ttou_and_kill_lose_no_calls(tmp_path: Path) -> No
             phase("kill")
             t0 = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            await asyncio.to_thread(server.wait_meshed, 2, exclude=[victim], timeout=60)
+            await asyncio.to_thread(server.wait_meshed, 3, exclude=[victim], timeout=60)
             timings["kill"] = time.monotonic() - t0
             await asyncio.sleep(3.0)
             phase("after")
@@ -266,23 +352,25 @@ async def test_gunicorn_reload_ttou_and_kill_lose_no_calls(tmp_path: Path) -> No
                 asyncio.gather(*(drop(c.sio) for c in callers), return_exceptions=True), 30
             )
         report: dict[str, dict[str, int]] = {}
-        for name in ("steady", "hup", "ttou", "kill", "after"):
+        for name in ("steady", "hup", "ttin", "ttou", "kill", "after"):
             report[name] = {
                 "answered": sum(c.answered.get(name, 0) for c in callers),
                 "lost": sum(len(c.lost.get(name, [])) for c in callers),
                 "disconnects": sum(c.disconnects.get(name, 0) for c in callers),
             }
-        print(f"\ngunicorn restarts, 30 clients calling every 0.2 s: {report}, took {timings}")
-        lost = {
-            name: [e for c in callers for e in c.lost.get(name, [])] for name in report
-        }
+        timing = {k: round(v, 1) for k, v in timings.items()}
+        print(f"\ngunicorn restarts, 30 clients calling every 0.2 s: {report}, took {timing}")
+        lost = {name: [e for c in callers for e in c.lost.get(name, [])] for name in report}
         assert connected, [c.index for c in callers if not c.sio.connected]
-        for name in ("steady", "hup", "ttou", "after"):
+        for name in ("steady", "hup", "ttin", "ttou", "after"):
             assert report[name]["answered"] > 0, report
         assert lost["steady"] == [] and lost["after"] == [], lost
         # Goal 0. Measured 0 or 1 per reload (30 sessions drained at once) and per TTOU: a call
         # sent in the very instant its session is ended is lost (docs/deployment.md, "Limits")
         assert len(lost["hup"]) <= 3, lost["hup"]
+        # a worker that joins ends no session: nothing may be lost, nobody reconnects
+        assert lost["ttin"] == [], lost["ttin"]
+        assert report["ttin"]["disconnects"] == 0, report
         assert len(lost["ttou"]) <= 2, lost["ttou"]
         # a SIGKILL loses what was in flight on the dead worker: a few calls at most
         assert len(lost["kill"]) <= 15, lost["kill"]
