@@ -22,32 +22,46 @@ sequence number in that peer's channel, folded into a gap (:meth:`PeerChannel.sk
 peer comes back as the same process (a frozen node resumes, a partition heals), that gap reaches
 it before anything sent later, and its clients that may have missed something are disconnected
 to resync: never a silent hole.
+
+This module is the sending half and python-socketio's manager interface. The receiving half
+(peers' messages applied in order, one handler per message kind; the answers to calls) is
+:mod:`siomesh.adapter.inbound`; the causal gate that emits wait at is
+:mod:`siomesh.adapter.gate`; the per-peer channels are :mod:`siomesh.adapter.channel`; this
+node's own half of each operation (python-socketio's bookkeeping) is :mod:`siomesh.adapter.local`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import socketio
 
-from ..links.calls import CallFailed, CallRefused
-from ..links.frames import FrameType, decode_u64_pair, encode_u64_pair
+from ..links.calls import CallFailed
+from ..links.frames import FrameType
 from ..links.link import Link, LinkClosed
 from ..links.pool import LinkUnavailable
 from ..ratelimit import RateLimitedLog
-from ..sessions import drop_session
 from ..sid import node_tag, parse_sid
 from .channel import Emission, LinkSettings, PeerChannel, Targets
+from .gate import CausalGate, GateEntry
+from .inbound import Inbound
+from .local import (
+    RemoteSocket,
+    Room,
+    is_local,
+    local_disconnect,
+    local_join,
+    local_leave,
+    local_rooms,
+    local_sockets,
+)
 from .wire import DedupWindow, WireError, encode_message, pack, unpack
 
 if TYPE_CHECKING:
@@ -72,18 +86,6 @@ ORDER_TIMEOUT = 0.25
 
 ServerEventHandler = Callable[..., Any]
 _H = TypeVar("_H", bound=ServerEventHandler)
-Room = Any  # python-socketio accepts any hashable room name; the wire carries str and int
-
-
-class _GateEntry:
-    """An emit waiting for causal order: released once ``needs`` (per sender, the last
-    message applied from it) are stable and every emit ahead of it has sent."""
-
-    __slots__ = ("needs", "released")
-
-    def __init__(self, needs: dict[str, tuple[int, int]], released: asyncio.Future[None]) -> None:
-        self.needs = needs
-        self.released = released
 
 
 class PartialResult(TimeoutError):
@@ -99,40 +101,6 @@ class PartialResult(TimeoutError):
         self.missing = missing
 
 
-@dataclass(frozen=True)
-class RemoteSocket:
-    """A Socket.IO client anywhere in the cluster, as :meth:`MeshManager.fetch_sockets` saw it.
-
-    ``data`` is the client's python-socketio session for ``namespace`` when it is JSON-able
-    (bytes allowed), else ``None``. ``owner`` is the URL of the node that holds the client.
-    The methods act on the client wherever it is.
-    """
-
-    sid: str
-    namespace: str
-    rooms: tuple[Room, ...]
-    data: Any
-    owner: str
-    _manager: MeshManager | None = field(default=None, repr=False, compare=False)
-
-    def _mgr(self) -> MeshManager:
-        if self._manager is None:
-            raise RuntimeError("this RemoteSocket is not bound to a manager")
-        return self._manager
-
-    async def emit(self, event: str, data: Any = None) -> None:
-        await self._mgr().emit(event, data, self.namespace, room=self.sid)
-
-    async def join(self, room: Room) -> None:
-        await self._mgr().enter_room(self.sid, self.namespace, room)
-
-    async def leave(self, room: Room) -> None:
-        await self._mgr().leave_room(self.sid, self.namespace, room)
-
-    async def disconnect(self) -> None:
-        await self._mgr().server.disconnect(self.sid, namespace=self.namespace)
-
-
 def _as_args(data: Any) -> list[Any]:
     """python-socketio's emit convention: a tuple is several arguments, None is none."""
     if isinstance(data, tuple):
@@ -146,13 +114,6 @@ def _rooms_list(rooms: Room | Iterable[Room]) -> list[Room]:
     if isinstance(rooms, (str, bytes, int)):
         return [rooms]
     return list(rooms)
-
-
-def _require(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    value = msg.get(key)
-    if not isinstance(value, kind):
-        raise WireError(f"message field {key!r} is missing or malformed")
-    return value
 
 
 class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
@@ -182,22 +143,23 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         self.order_timeout = order_timeout
         self.running = False
         self._channels: dict[str, PeerChannel] = {}
-        self._dedup = DedupWindow()
-        self._inbox: dict[str, deque[tuple[Link, FrameType, int, int, bytes]]] = {}
-        self._consumers: dict[str, asyncio.Task[None]] = {}
-        self._acks: dict[Link, tuple[int, int]] = {}
-        self._acks_scheduled = False
-        #: channels whose stable watermark moved since the peer was told (flushed with acks)
-        self._stable_dirty: set[PeerChannel] = set()
-        #: per sender: (epoch, stable watermark) it told this node (senders that keep one)
-        self._stable: dict[str, tuple[int, int]] = {}
-        #: per sender: the (epoch, seq) this node stopped waiting for it to make stable
-        self._causal_lag: dict[str, tuple[int, int]] = {}
-        #: emits waiting for causal order, in call order: only the front one may send
-        self._gate: deque[_GateEntry] = deque()
         self._ticker: asyncio.Task[None] | None = None
         self._server_handlers: dict[tuple[str, str], ServerEventHandler] = {}
         self._warn = RateLimitedLog(log)
+        dedup = DedupWindow()
+        #: emits made after applying a peer's message wait here for it (causal order)
+        self._gate = CausalGate(applied=dedup.watermark, live=self._live_set, on_late=self._late)
+        #: the receiving half: peers' messages and calls, one handler per kind
+        self._inbound = Inbound(
+            self,
+            base=super(),
+            dedup=dedup,
+            channels=self._channels,
+            gate=self._gate,
+            server_handlers=self._server_handlers,
+            return_callback=self._return_callback,
+            warn=self._warn,
+        )
         self._tags: dict[str, str] = {}  # peer URL -> node tag (absent peers' sids)
         self.stats = {
             "received": 0,
@@ -244,8 +206,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        for task in self._consumers.values():
-            task.cancel()
+        self._inbound.stop()
         dropped = sum(len(c) for c in self._channels.values())
         if dropped:
             log.warning(
@@ -319,9 +280,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             return owner
         return owner if owner in live else ""
 
-    def _route(
-        self, namespace: str, room: Room | list[Room] | None
-    ) -> tuple[list[str], list[str]]:
+    def _route(self, namespace: str, room: Room | list[Room] | None) -> tuple[list[str], list[str]]:
         """``(peers, skipped)``: the live peers that may hold a recipient of ``room`` (None:
         everybody), and the absent peers that may (their channels record the message as
         missed, :meth:`PeerChannel.skip`)."""
@@ -431,8 +390,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         peer's later messages)."""
         if not self.running or self.order_timeout <= 0:
             return False
-        task = asyncio.current_task()
-        return not any(task is consumer for consumer in self._consumers.values())
+        return not self._inbound.is_consumer(asyncio.current_task())
 
     async def _publish(
         self,
@@ -465,7 +423,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 await local()
             return
         deadline = asyncio.get_running_loop().time() + self.order_timeout
-        entry = self._join_gate()
+        entry = self._gate.join()
         if entry is None:  # nothing to wait for: send at once, deliver here meanwhile
             emission = Emission()
             try:
@@ -487,18 +445,18 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         await asyncio.shield(rest)
 
     async def _send_in_turn(
-        self, entry: _GateEntry, targets: list[str], message: dict[str, Any], deadline: float
+        self, entry: GateEntry, targets: list[str], message: dict[str, Any], deadline: float
     ) -> None:
         """Send ``message`` once ``entry`` is released from the gate, then wait until it is
         applied (the acknowledgements' bound counts from the send)."""
         emission: Emission | None = None
         try:
             try:
-                await self._pass_gate(entry, deadline)
+                await self._gate.wait(entry, deadline)
                 emission = Emission()
                 self._send(targets, message, emission=emission)
             finally:
-                self._leave_gate(entry)
+                self._gate.leave(entry)
             await self._wait_applied(
                 emission, asyncio.get_running_loop().time() + self.order_timeout
             )
@@ -541,96 +499,20 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         emission.done = True
         for channel, _ in emission.entries:
             if channel.settle():
-                self._stable_dirty.add(channel)
-        if self._stable_dirty:
-            self._schedule_flush()
+                self._inbound.stable_moved(channel)
 
-    def _causal_needs(self) -> dict[str, tuple[int, int]]:
-        """Per live sender: the (epoch, seq) of the last message this node applied from it,
-        where the sender has not yet reported it stable (applied everywhere it went)."""
-        needs: dict[str, tuple[int, int]] = {}
-        live: set[str] | None = None
-        for sender, told in self._stable.items():
-            applied = self._dedup.watermark(sender)
-            if applied is None or told >= applied:
-                continue
-            lag = self._causal_lag.get(sender)
-            if lag is not None and lag >= applied:
-                continue
-            if live is None:
-                live = self._live_set()
-            if sender in live:
-                needs[sender] = applied
-        return needs
-
-    def _met(self, sender: str, need: tuple[int, int]) -> bool:
-        told = self._stable.get(sender)
-        lag = self._causal_lag.get(sender)
-        return (told is not None and told >= need) or (lag is not None and lag >= need)
-
-    def _join_gate(self) -> _GateEntry | None:
-        """``None`` when a message may be sent now; else the caller's place in the gate."""
-        needs = self._causal_needs()
-        if not needs and not self._gate:
-            return None
-        entry = _GateEntry(needs, asyncio.get_running_loop().create_future())
-        self._gate.append(entry)
-        self._open_gate()
-        return entry
-
-    def _open_gate(self) -> None:
-        """Release the front of the gate once what it waits for is stable."""
-        if self._gate:
-            front = self._gate[0]
-            if not front.released.done() and all(
-                self._met(sender, need) for sender, need in front.needs.items()
-            ):
-                front.released.set_result(None)
-
-    async def _pass_gate(self, entry: _GateEntry, deadline: float) -> None:
-        if entry.released.done():
-            return
-        loop = asyncio.get_running_loop()
-        await asyncio.wait((entry.released,), timeout=max(0.0, deadline - loop.time()))
-        if entry.released.done():
-            return
-        for sender, need in entry.needs.items():
-            if self._met(sender, need):
-                continue
-            self._causal_lag[sender] = need
-            self.stats["causal_timeouts"] += 1
-            self._warn.warning(
-                ("causal", sender),
-                "adapter: %s did not report within adapter.order_timeout (%.2f s) that the "
-                "messages this node applied from it reached every node they went to: emits "
-                "here stop waiting for that until it does (causal order is not guaranteed "
-                "meanwhile)",
-                sender,
-                self.order_timeout,
-            )
-        self._open_gate()
-        await entry.released  # soon: every emit ahead of it in the gate is bounded too
-
-    def _leave_gate(self, entry: _GateEntry) -> None:
-        if self._gate and self._gate[0] is entry:
-            self._gate.popleft()
-        else:
-            with contextlib.suppress(ValueError):
-                self._gate.remove(entry)
-        self._open_gate()
-
-    def _note_stable(self, sender: str, epoch: int, stable: int) -> None:
-        """``sender`` reports that its messages to this node up to ``stable`` (in its epoch
-        ``epoch``) are applied everywhere they went."""
-        told = (epoch, stable)
-        known = self._stable.get(sender)
-        if known is not None and known >= told:
-            return
-        self._stable[sender] = told
-        lag = self._causal_lag.get(sender)
-        if lag is not None and told >= lag:
-            del self._causal_lag[sender]
-        self._open_gate()
+    def _late(self, sender: str) -> None:
+        """An emit stopped waiting for ``sender`` to report stable what this node applied."""
+        self.stats["causal_timeouts"] += 1
+        self._warn.warning(
+            ("causal", sender),
+            "adapter: %s did not report within adapter.order_timeout (%.2f s) that the "
+            "messages this node applied from it reached every node they went to: emits "
+            "here stop waiting for that until it does (causal order is not guaranteed "
+            "meanwhile)",
+            sender,
+            self.order_timeout,
+        )
 
     def queue_sizes(self) -> dict[str, int]:
         """Messages waiting for an acknowledgement, per peer (for metrics and tests)."""
@@ -698,9 +580,6 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         else:
             await self._publish(peers, message, local)
 
-    def _is_local(self, sid: str, namespace: str) -> bool:
-        return bool(self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace))
-
     def _remote_owner(self, sid: str) -> str | None:
         owner = self.sid_owner(sid)
         return owner if owner and owner != self.node_url else None
@@ -714,7 +593,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
 
     async def can_disconnect(self, sid: str, namespace: str) -> bool:
         namespace = namespace or "/"
-        if self._is_local(sid, namespace):
+        if is_local(self, sid, namespace):
             return bool(await super().can_disconnect(sid, namespace))
         await self._to_owner(sid, {"m": "disconnect", "sid": sid, "ns": namespace})
         return False
@@ -724,7 +603,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if kwargs.get("ignore_queue"):
             await super().disconnect(sid, namespace, **kwargs)
             return
-        if self._is_local(sid, namespace):
+        if is_local(self, sid, namespace):
             await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
             return
         await self._to_owner(sid, {"m": "disconnect", "sid": sid, "ns": namespace})
@@ -733,14 +612,14 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         self, sid: str, namespace: str, room: Room, eio_sid: str | None = None
     ) -> None:
         namespace = namespace or "/"
-        if eio_sid is not None or self._is_local(sid, namespace):
+        if eio_sid is not None or is_local(self, sid, namespace):
             await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
             return
         await self._to_owner(sid, {"m": "enter_room", "sid": sid, "ns": namespace, "room": room})
 
     async def leave_room(self, sid: str, namespace: str, room: Room) -> None:
         namespace = namespace or "/"
-        if self._is_local(sid, namespace):
+        if is_local(self, sid, namespace):
             await super().leave_room(sid, namespace, room)
             return
         await self._to_owner(sid, {"m": "leave_room", "sid": sid, "ns": namespace, "room": room})
@@ -827,7 +706,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
     ) -> list[RemoteSocket]:
         """Every client of ``namespace`` in the cluster (only ``room``'s members if given).
         Raises :class:`PartialResult` (``responses``: the sockets found) if a node is missing."""
-        sockets = await self._local_sockets(namespace, room)
+        sockets = await local_sockets(self, namespace, room)
         replies, missing = await self._call(
             self._peers_for(namespace, room),
             {"op": "fetch_sockets", "ns": namespace, "room": room},
@@ -852,7 +731,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
     async def all_rooms(self, namespace: str = "/", timeout: float = 5.0) -> set[Room]:
         """The names of every non-empty room of ``namespace`` across the cluster (clients' own
         sid rooms excluded). Raises :class:`PartialResult` if a node is missing."""
-        rooms = set(self._local_rooms(namespace))
+        rooms = set(local_rooms(self, namespace))
         replies, missing = await self._call(
             self._view()[0], {"op": "all_rooms", "ns": namespace}, timeout
         )
@@ -870,7 +749,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         peers, skipped = self._route(namespace, room)
         message = {"m": "sockets_join", "ns": namespace, "room": room, "rooms": names}
         self._skip(skipped, message)
-        await self._publish(peers, message, partial(self._local_join, namespace, room, names))
+        await self._publish(peers, message, partial(local_join, self, namespace, room, names))
 
     async def sockets_leave(
         self, rooms: Room | list[Room], namespace: str = "/", room: Room | None = None
@@ -880,7 +759,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         peers, skipped = self._route(namespace, room)
         message = {"m": "sockets_leave", "ns": namespace, "room": room, "rooms": names}
         self._skip(skipped, message)
-        await self._publish(peers, message, partial(self._local_leave, namespace, room, names))
+        await self._publish(peers, message, partial(local_leave, self, namespace, room, names))
 
     async def disconnect_sockets(
         self, namespace: str = "/", room: Room | None = None, close: bool = False
@@ -890,69 +769,11 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         peers, skipped = self._route(namespace, room)
         message = {"m": "disconnect_sockets", "ns": namespace, "room": room, "close": close}
         self._skip(skipped, message)
-        await self._publish(peers, message, partial(self._local_disconnect, namespace, room, close))
+        await self._publish(peers, message, partial(local_disconnect, self, namespace, room, close))
 
     def server_count(self) -> int:
         """How many nodes are in the cluster: this one plus its live peers."""
         return 1 + len(self._view()[0])
-
-    # -- local halves ----------------------------------------------------------------------------
-
-    def _local_sids(self, namespace: str, room: Room | list[Room] | None) -> list[tuple[str, str]]:
-        return [
-            (sid, eio_sid)
-            for sid, eio_sid in self.get_participants(namespace, room)
-            if self.is_connected(sid, namespace)
-        ]
-
-    async def _local_sockets(
-        self, namespace: str, room: Room | list[Room] | None
-    ) -> list[RemoteSocket]:
-        out = []
-        for sid, _ in self._local_sids(namespace, room):
-            data: Any = None
-            try:
-                session = await self.server.get_session(sid, namespace=namespace)
-                json.dumps(pack(session))
-                data = session
-            except Exception:  # anything not JSON-able is reported as None
-                data = None
-            out.append(
-                RemoteSocket(
-                    sid=sid,
-                    namespace=namespace,
-                    rooms=tuple(self.get_rooms(sid, namespace)),
-                    data=data,
-                    owner=self.node_url,
-                    _manager=self,
-                )
-            )
-        return out
-
-    def _local_rooms(self, namespace: str) -> list[Room]:
-        return [
-            name
-            for name in self.rooms.get(namespace, {})
-            if name is not None and not self.is_sid_room(namespace, name)
-        ]
-
-    async def _local_join(self, namespace: str, room: Room | None, names: list[Room]) -> None:
-        for sid, _ in self._local_sids(namespace, room):
-            for name in names:
-                with contextlib.suppress(ValueError):
-                    self.basic_enter_room(sid, namespace, name)
-
-    async def _local_leave(self, namespace: str, room: Room | None, names: list[Room]) -> None:
-        for sid, _ in self._local_sids(namespace, room):
-            for name in names:
-                self.basic_leave_room(sid, namespace, name)
-
-    async def _local_disconnect(self, namespace: str, room: Room | None, close: bool) -> None:
-        for sid, eio_sid in self._local_sids(namespace, room):
-            if close:
-                await self.server.eio.disconnect(eio_sid)
-            else:
-                await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
 
     # -- request/response calls ------------------------------------------------------------------
 
@@ -997,244 +818,19 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         except CallFailed as exc:
             raise WireError(str(exc)) from exc
 
-    async def _serve_call(self, link: Link, body: bytes) -> bytes:
-        try:
-            return await self.handle_call(body, link.peer)
-        except (WireError, ValueError, TypeError, KeyError, RecursionError) as exc:
-            self.stats["bad_messages"] += 1
-            raise CallRefused(f"bad call: {exc}") from exc
-
     def attach(self) -> None:
         """Serve this manager's frames and calls on the node's links and run it with the
         node (called once, by :func:`install_adapter`)."""
         mesh = self.mesh
         dispatcher = mesh.links.dispatcher
-        dispatcher.on(FrameType.ADAPTER, partial(self._on_frame, FrameType.ADAPTER))
-        dispatcher.on(FrameType.ADAPTER_GAP, partial(self._on_frame, FrameType.ADAPTER_GAP))
-        dispatcher.on(FrameType.ADAPTER_ACK, self._on_ack)
-        mesh.links.calls.serve(ADAPTER_CALL, self._serve_call)
+        inbound = self._inbound
+        dispatcher.on(FrameType.ADAPTER, partial(inbound.on_frame, FrameType.ADAPTER))
+        dispatcher.on(FrameType.ADAPTER_GAP, partial(inbound.on_frame, FrameType.ADAPTER_GAP))
+        dispatcher.on(FrameType.ADAPTER_ACK, inbound.on_ack)
+        mesh.links.calls.serve(ADAPTER_CALL, inbound.serve_call)
         mesh.links.on_link_up(self._link_up)
         mesh.on_startup(self.start)
         mesh.on_shutdown(self.stop)
-
-    # -- receiving -------------------------------------------------------------------------------
-
-    def _on_frame(self, kind: FrameType, link: Link, payload: bytes) -> None:
-        """An ``ADAPTER`` or ``ADAPTER_GAP`` frame: queue it for the sender's consumer, which
-        applies that sender's messages one at a time, in order."""
-        epoch, seq, rest = decode_u64_pair(payload)
-        sender = link.peer
-        inbox = self._inbox.get(sender)
-        if inbox is None:
-            inbox = self._inbox[sender] = deque()
-        inbox.append((link, kind, epoch, seq, rest))
-        consumer = self._consumers.get(sender)
-        if consumer is None or consumer.done():
-            self._consumers[sender] = asyncio.ensure_future(self._consume(sender, inbox))
-
-    def _on_ack(self, link: Link, payload: bytes) -> None:
-        """An acknowledgement of this node's messages (epoch, seq), optionally followed by the
-        peer's stable watermark for its own messages to this node (epoch, seq); epoch 0
-        acknowledges nothing (a stable notice alone)."""
-        epoch, seq, rest = decode_u64_pair(payload)
-        if epoch:
-            channel = self._channels.get(link.peer)
-            if channel is not None:
-                channel.on_ack(epoch, seq)
-        if len(rest) >= 16:
-            stable_epoch, stable, _ = decode_u64_pair(rest)
-            self._note_stable(link.peer, stable_epoch, stable)
-
-    async def _consume(
-        self, sender: str, inbox: deque[tuple[Link, FrameType, int, int, bytes]]
-    ) -> None:
-        while inbox:
-            link, kind, epoch, seq, rest = inbox.popleft()
-            if not self._dedup.accept(sender, epoch, seq):
-                self.stats["duplicates"] += 1
-            elif kind is FrameType.ADAPTER_GAP:
-                await self._apply_gap(sender, rest)
-            else:
-                self.stats["received"] += 1
-                try:
-                    message = json.loads(rest)
-                    if not isinstance(message, dict) or not isinstance(message.get("m"), str):
-                        raise WireError("message without a method")
-                    await self._dispatch(message, sender)
-                except (WireError, ValueError, TypeError, KeyError, RecursionError) as exc:
-                    self.stats["bad_messages"] += 1
-                    self._warn.warning(
-                        ("bad", sender), "bad adapter message from %s: %r", sender, exc
-                    )
-                except Exception:
-                    log.exception("adapter message from %s failed", sender)
-            self._ack(link, epoch, seq)
-            if not inbox:
-                # the burst is applied (in the clients' queues): acknowledge now, not a loop
-                # turn later, behind the writes to those clients (the sender's emit waits)
-                self._flush_acks()
-
-    def _ack(self, link: Link, epoch: int, seq: int) -> None:
-        # one cumulative ack per link per burst (or loop turn, in a long burst)
-        self._acks[link] = (epoch, seq)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if not self._acks_scheduled:
-            self._acks_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_acks)
-
-    def _flush_acks(self) -> None:
-        """Send the acknowledgements and stable watermarks gathered in this loop turn."""
-        self._acks_scheduled = False
-        if not self._acks and not self._stable_dirty:
-            return
-        acks, self._acks = self._acks, {}
-        for link, (epoch, seq) in acks.items():
-            link.send(FrameType.ADAPTER_ACK, 0, encode_u64_pair(epoch, seq))
-        if self._stable_dirty:
-            dirty, self._stable_dirty = self._stable_dirty, set()
-            for channel in dirty:
-                channel.notify_stable()
-
-    async def _apply_gap(self, sender: str, detail: bytes) -> None:
-        """``sender`` could not deliver some messages: disconnect (Engine.IO close, so they
-        reconnect and resync) every local client they may have been for."""
-        self.stats["gaps_received"] += 1
-        try:
-            info = json.loads(detail)
-            targets = info["targets"]
-            first = int(info["first"])
-            if not isinstance(targets, dict):
-                raise TypeError("targets")
-        except (ValueError, KeyError, TypeError, RecursionError):
-            self.stats["bad_messages"] += 1
-            return
-        eio_sids: set[str] = set()
-        for namespace, rooms in targets.items():
-            if not isinstance(namespace, str):
-                continue
-            for room in [None] if rooms is None else rooms:
-                with contextlib.suppress(TypeError):
-                    for _, eio_sid in self.get_participants(namespace, room):
-                        eio_sids.add(eio_sid)
-        self.stats["resync_disconnects"] += len(eio_sids)
-        log.warning(
-            "adapter messages from %s were lost (from seq %d): disconnecting %d clients "
-            "that may have missed them, so that they reconnect and resync",
-            sender,
-            first,
-            len(eio_sids),
-        )
-        for eio_sid in eio_sids:
-            socket = self.server.eio.sockets.get(eio_sid)
-            if socket is not None:
-                # the lost messages are in no log: recovering these sessions would hide the
-                # gap, so they connect anew (siomesh.recovery)
-                socket.siomesh_unrecoverable = True
-            with contextlib.suppress(Exception):
-                await drop_session(self.server.eio, eio_sid)
-
-    async def _dispatch(self, msg: dict[str, Any], sender: str) -> None:
-        method = msg["m"]
-        namespace = _require(msg, "ns", str)
-        if method == "emit":
-            cb = msg.get("cb")
-            callback = None
-            if cb is not None:
-                if not (isinstance(cb, list) and len(cb) == 3 and isinstance(cb[2], int)):
-                    raise WireError("malformed callback")
-                callback = partial(self._return_callback, sender, cb[0], cb[1], cb[2])
-            args = unpack(_require(msg, "args", list))
-            offset = msg.get("off")
-            recovery = getattr(self.mesh, "recovery", None)
-            if isinstance(offset, str) and recovery is not None and recovery.enabled:
-                recovery.note_emit(
-                    offset,
-                    _require(msg, "event", str),
-                    args,
-                    namespace,
-                    msg.get("room"),
-                    msg.get("skip"),
-                )
-            await super().emit(
-                _require(msg, "event", str),
-                tuple(args),
-                namespace,
-                room=msg.get("room"),
-                skip_sid=msg.get("skip"),
-                callback=callback,
-            )
-        elif method == "callback":
-            args = unpack(_require(msg, "args", list))
-            await self.trigger_callback(_require(msg, "sid", str), _require(msg, "id", int), args)
-        elif method == "disconnect":
-            sid = _require(msg, "sid", str)
-            if self.is_connected(sid, namespace):
-                await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
-        elif method in ("enter_room", "leave_room"):
-            sid = _require(msg, "sid", str)
-            if self._is_local(sid, namespace):
-                if method == "enter_room":
-                    await super().enter_room(sid, namespace, msg.get("room"))
-                else:
-                    await super().leave_room(sid, namespace, msg.get("room"))
-        elif method == "close_room":
-            await super().close_room(msg.get("room"), namespace)
-        elif method == "sockets_join":
-            await self._local_join(namespace, msg.get("room"), _require(msg, "rooms", list))
-        elif method == "sockets_leave":
-            await self._local_leave(namespace, msg.get("room"), _require(msg, "rooms", list))
-        elif method == "disconnect_sockets":
-            await self._local_disconnect(namespace, msg.get("room"), bool(msg.get("close")))
-        elif method == "server_event":
-            await self._run_server_event(
-                namespace, _require(msg, "event", str), unpack(_require(msg, "args", list))
-            )
-        else:
-            raise WireError(f"unknown method {method!r}")
-
-    async def _run_server_event(
-        self, namespace: str, event: str, args: list[Any]
-    ) -> tuple[bool, Any]:
-        handler = self._server_handlers.get((namespace, event))
-        if handler is None:
-            return False, None
-        result = handler(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return True, result
-
-    async def handle_call(self, body: bytes, sender: str) -> bytes:
-        """Answer a cluster-wide request from ``sender`` (a ``CALL`` frame's body)."""
-        try:
-            request = json.loads(body)
-        except ValueError as exc:
-            raise WireError("call is not JSON") from exc
-        if not isinstance(request, dict):
-            raise WireError("call is not an object")
-        op = request.get("op")
-        namespace = _require(request, "ns", str)
-        reply: dict[str, Any]
-        if op == "server_event":
-            handled, result = await self._run_server_event(
-                namespace,
-                _require(request, "event", str),
-                unpack(_require(request, "args", list)),
-            )
-            reply = {"handled": handled, "result": pack(result)}
-        elif op == "fetch_sockets":
-            sockets = await self._local_sockets(namespace, request.get("room"))
-            reply = {
-                "sockets": [
-                    {"sid": s.sid, "rooms": list(s.rooms), "data": pack(s.data)} for s in sockets
-                ]
-            }
-        elif op == "all_rooms":
-            reply = {"rooms": self._local_rooms(namespace)}
-        else:
-            raise WireError(f"unknown call {op!r}")
-        return json.dumps(reply, separators=(",", ":")).encode()
 
 
 def install_adapter(mesh: NodeContext, **options: Any) -> MeshManager | None:

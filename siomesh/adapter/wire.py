@@ -25,6 +25,7 @@ __all__ = [
     "unpack",
 ]
 
+
 def encode_message(message: Mapping[str, Any]) -> str:
     """One message as JSON text, encoded once and shared by every link it is queued on.
     Its values must already be JSON-able (payloads passed through :func:`pack`)."""

@@ -47,11 +47,11 @@ async def shout(sid: str, spec: dict[str, Any]) -> Any:
 
 if _DELAY > 0 and app.adapter is not None:
     manager = app.adapter
-    dispatch = manager._dispatch
+    dispatch = manager._inbound.dispatch
 
     async def _late_dispatch(msg: dict[str, Any], sender: str) -> None:
         if msg.get("m") == "emit" and (not _FROM or sender in _FROM):
             await asyncio.sleep(_DELAY)
         await dispatch(msg, sender)
 
-    manager._dispatch = _late_dispatch  # type: ignore[method-assign]
+    manager._inbound.dispatch = _late_dispatch  # type: ignore[method-assign]

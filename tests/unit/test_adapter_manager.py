@@ -451,13 +451,13 @@ def play_dead(monkeypatch: pytest.MonkeyPatch, mesh: SioMesh, url: str) -> dict[
 def record_gaps(c: Cluster, url: str) -> None:
     """Put a ``("gap", first)`` marker into ``c.sent[url]`` where ``url`` applies a gap."""
     mgr = c.mgr(url)
-    apply_gap = mgr._apply_gap
+    apply_gap = mgr._inbound.apply_gap
 
     async def recorded(sender: str, detail: bytes) -> None:
         c.sent[url].append(("gap", json.loads(detail)["first"]))
         await apply_gap(sender, detail)
 
-    mgr._apply_gap = recorded  # type: ignore[method-assign]
+    mgr._inbound.apply_gap = recorded  # type: ignore[method-assign]
 
 
 async def test_a_member_that_comes_back_gets_a_gap_for_what_was_emitted_while_it_was_dead(
@@ -621,14 +621,14 @@ async def test_stop_flushes_then_gives_up() -> None:
 def slow_apply(c: Cluster, url: str, delay: float, senders: tuple[str, ...] = ()) -> None:
     """``url`` applies the emits of ``senders`` (all when empty) ``delay`` s late."""
     mgr = c.mgr(url)
-    dispatch = mgr._dispatch
+    dispatch = mgr._inbound.dispatch
 
     async def late(msg: dict[str, Any], sender: str) -> None:
         if msg.get("m") == "emit" and (not senders or sender in senders):
             await asyncio.sleep(delay)
         await dispatch(msg, sender)
 
-    mgr._dispatch = late  # type: ignore[method-assign]
+    mgr._inbound.dispatch = late  # type: ignore[method-assign]
 
 
 def drop_stable_notices(mesh: SioMesh) -> None:
@@ -849,7 +849,7 @@ async def test_cluster_call_to_a_silent_peer_is_partial() -> None:
             await asyncio.sleep(10)
             return b"{}"
 
-        adapter(p.b).handle_call = hang  # type: ignore[method-assign]
+        adapter(p.b)._inbound.handle_call = hang  # type: ignore[method-assign]
         started = time.monotonic()
         with pytest.raises(PartialResult) as info:
             await adapter(p.a).server_side_emit("x", with_ack=True, timeout=0.1)
@@ -878,7 +878,7 @@ async def test_partial_result_keeps_the_answers_that_came() -> None:
             await asyncio.sleep(10)
             return b"{}"
 
-        c.mgr(C).handle_call = hang  # type: ignore[method-assign]
+        c.mgr(C)._inbound.handle_call = hang  # type: ignore[method-assign]
         c.mgr(B).on_server_event("who", lambda: "B")
         with pytest.raises(PartialResult) as info:
             await c.mgr(A).server_side_emit("who", with_ack=True, timeout=0.2)
