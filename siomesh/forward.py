@@ -35,6 +35,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from .counters import Stats
 from .links.frames import (
     FrameError,
     FrameType,
@@ -236,15 +237,13 @@ class Forwarder:
         release: asyncio.Event,
         poll_timeout: float,
         request_timeout: float,
-        stats: dict[str, int],
+        stats: Stats,
     ) -> None:
         self._pool = pool
         self._release = release
         self._poll_timeout = poll_timeout
         self._request_timeout = request_timeout
         self.stats = stats
-        for key in ("forward_lost", "forward_cancelled", "relayed_websockets", "polls_released"):
-            stats.setdefault(key, 0)
 
     async def _link(self, target: str) -> Link:
         # Forwarding targets are live members (routing checked): a backoff after an earlier
@@ -288,7 +287,7 @@ class Forwarder:
                     answer = await self._held_answer(stream, receive)
                     if answer is None:
                         stream.send(FrameType.CANCEL, b"")
-                        self.stats["forward_cancelled"] += 1
+                        self.stats.bump("forward_cancelled")
                         return False
                     if answer is _RELEASED:
                         # This node is draining: the owner ends its poll now and answers
@@ -297,7 +296,7 @@ class Forwarder:
                         # relayed, so no packet is lost; an empty one becomes a NOOP and the
                         # client polls again, on another node.
                         stream.send(FrameType.CANCEL, RELEASE)
-                        self.stats["polls_released"] += 1
+                        self.stats.bump("polls_released")
                         answer = await stream.next(self._request_timeout)
                         if answer[0] is FrameType.RESPONSE and _empty_answer(answer[1]):
                             if not _noop_allowed(scope):
@@ -311,7 +310,7 @@ class Forwarder:
             except (LinkClosed, asyncio.TimeoutError) as exc:
                 if isinstance(exc, asyncio.TimeoutError):
                     stream.send(FrameType.CANCEL, b"")
-                self.stats["forward_lost"] += 1
+                self.stats.bump("forward_lost")
                 raise OwnerLost(f"{target}: {exc!r}") from exc
             if kind is not FrameType.RESPONSE:
                 raise OwnerLost(f"{target}: unexpected {kind.name} frame")
@@ -386,11 +385,11 @@ class Forwarder:
                 raise OwnerUnreachable(f"{target}: no answer to the WebSocket: {exc!r}") from exc
             subprotocol = accept_meta.get("sp") if isinstance(accept_meta, dict) else None
             await send({"type": "websocket.accept", "subprotocol": subprotocol})
-            self.stats["relayed_websockets"] += 1
+            self.stats.bump("relayed_websockets")
             try:
                 await _relay(stream, receive, send, self._poll_timeout)
             finally:
-                self.stats["relayed_websockets"] -= 1
+                self.stats.bump("relayed_websockets", -1)
         finally:
             stream.close()
 
@@ -456,15 +455,13 @@ class ForwardedServer:
         app: App,
         *,
         send_timeout: float,
-        stats: dict[str, int],
+        stats: Stats,
         on_lost: Callable[[Scope], Awaitable[None]],
     ) -> None:
         self._app = app
         self._on_lost = on_lost
         self._send_timeout = send_timeout
         self.stats = stats
-        for key in ("forwarded_in", "relayed_in", "forward_answers_lost"):
-            stats.setdefault(key, 0)
 
     async def serve_request(self, link: Link, stream: Stream, payload: bytes) -> None:
         raw_meta, body = decode_meta_body(payload)
@@ -478,7 +475,7 @@ class ForwardedServer:
             # python-engineio reads exactly Content-Length bytes (none without it): the body
             # arrived whole, so its length is known; the client's own header was dropped.
             scope["headers"].append((b"content-length", b"%d" % len(body)))
-        self.stats["forwarded_in"] += 1
+        self.stats.bump("forwarded_in")
         delivered = False
         start: Message | None = None
         chunks: list[bytes] = []
@@ -525,7 +522,7 @@ class ForwardedServer:
         ):
             # Answered in the instant the forwarder went away: the packets in this answer
             # reached nobody. Say so, and let the session's client learn it.
-            self.stats["forward_answers_lost"] += 1
+            self.stats.bump("forward_answers_lost")
             await self._on_lost(scope)
 
     async def serve_websocket(self, link: Link, stream: Stream, payload: bytes) -> None:
@@ -539,7 +536,7 @@ class ForwardedServer:
         # python-engineio recognises an upgrade by these two headers, which are hop-by-hop
         # and so were not forwarded: a WebSocket scope always had them.
         scope["headers"] += [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
-        self.stats["relayed_in"] += 1
+        self.stats.bump("relayed_in")
         connected = False
         accepted = False
         closed = False

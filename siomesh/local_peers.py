@@ -173,9 +173,7 @@ def bind_private(advertise_host: str, ports: tuple[int, int] | None) -> tuple[so
         try:
             sock = bind_listener(bind_host, port)
         except OSError as exc:
-            if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) or isinstance(
-                exc, socket.gaierror
-            ):
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) or isinstance(exc, socket.gaierror):
                 if bind_host == host and not is_wildcard(host):
                     bind_host = "::" if ":" in host else "0.0.0.0"
                     try:
@@ -723,8 +721,8 @@ class LocalPeers:
         body = encode(syn)
         stats = self.node.stats
         if self.node.links.post(url, "control", LinkFrame.GOSSIP, body):
-            stats["gossip_messages_sent"] = stats.get("gossip_messages_sent", 0) + 1
-            stats["local_knocks"] = stats.get("local_knocks", 0) + 1
+            stats.bump("gossip_messages_sent")
+            stats.bump("local_knocks")
 
     async def _wait_joined(self, bound: float) -> None:
         deadline = time.monotonic() + bound

@@ -222,9 +222,7 @@ class SioMesh:
                 # client keeps its session on polling (python-engineio's and the JS client
                 # do when an upgrade fails) and it moves to another node's WebSocket at its
                 # next reconnection.
-                self.node.stats["upgrades_refused_draining"] = (
-                    self.node.stats.get("upgrades_refused_draining", 0) + 1
-                )
+                self.node.stats.bump("upgrades_refused_draining")
                 await receive()
                 await send({"type": "websocket.close", "code": 1013})
                 return
@@ -247,7 +245,7 @@ class SioMesh:
                 return
             # Nothing reached the client: fall through to the local server's own answer.
         elif decision.action is Action.REJECT:
-            self.node.stats["rejected"] += 1
+            self.node.stats.bump("rejected")
         await self.app(scope, receive, send)
 
     def _next_peer(self) -> str | None:

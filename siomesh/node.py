@@ -32,6 +32,7 @@ from typing import Any
 from .adapter import MeshManager, install_adapter
 from .cluster import ClusterView, StaticCluster
 from .config import MeshConfig
+from .counters import Stats
 from .discovery import EngineTarget, find_engine
 from .engine import EngineSeam
 from .forward import (
@@ -146,11 +147,8 @@ class MeshNode:
         self.release_polls = asyncio.Event()
         self._checks: asyncio.Future[None] | None = None
         self._drain_hooks: list[Callable[[], None]] = []
-        self.stats: dict[str, int] = {
-            "forwarded": 0,
-            "forward_errors": 0,
-            "rejected": 0,
-        }
+        #: the node's counters (siomesh.counters), shared by its parts
+        self.stats = Stats("node")
         poll_timeout = (
             float(eio.ping_interval)
             + float(getattr(eio, "ping_interval_grace_period", 0))
@@ -336,7 +334,7 @@ class MeshNode:
             *(self._drop_when_quiet(sid, quiet_until) for sid in list(self.local_sids))
         )
         dropped = sum(results)
-        self.stats["drained_sessions"] = self.stats.get("drained_sessions", 0) + dropped
+        self.stats.bump("drained_sessions", dropped)
         # their clients reconnect elsewhere now: hand the sessions kept for recovery to a
         # peer at once (this node answers for them meanwhile, and points to that peer after)
         await self.recovery.hand_off()
@@ -393,7 +391,7 @@ class MeshNode:
         reply: dict[str, object] = {
             "node": self.config.node_url,
             "state": self.state,
-            "drained_sessions": self.stats.get("drained_sessions", 0),
+            "drained_sessions": self.stats["drained_sessions"],
         }
         return json.dumps(reply).encode()
 
@@ -408,7 +406,7 @@ class MeshNode:
             await asyncio.sleep(0.005)
             socket = self.local_sids.get(sid)
         if socket is not None and not is_quiet(socket):
-            self.stats["drain_calls_cut"] = self.stats.get("drain_calls_cut", 0) + 1
+            self.stats.bump("drain_calls_cut")
         return await drop_session(self.engine.eio, sid)
 
     async def shutdown(self) -> None:
@@ -478,7 +476,7 @@ class MeshNode:
                 and target is not None
                 and target != scope.get(FORWARDED_BY)
             ):
-                self.stats["forwarded_via"] = self.stats.get("forwarded_via", 0) + 1
+                self.stats.bump("forwarded_via")
                 await self.forward(scope, receive, send, target, claim=False)
                 return
         if self.config.served_by_header:
@@ -577,11 +575,11 @@ class MeshNode:
             except (OwnerUnreachable, OwnerRefused) as exc:
                 # The client is not accepted yet: close it the way python-engineio closes an
                 # unknown sid (uvicorn answers 403), so it reconnects.
-                self.stats["forward_errors"] += 1
+                self.stats.bump("forward_errors")
                 log.warning("websocket not relayed to %s: %s", target, exc)
                 await send({"type": "websocket.close", "code": 1008})
             else:
-                self.stats["forwarded"] += 1
+                self.stats.bump("forwarded")
             return True
         try:
             body = await read_body(receive, self.max_body, _content_length(scope["headers"]))
@@ -610,16 +608,16 @@ class MeshNode:
                 log.info("owner %s unreachable (%s): forwarding via %s", target, exc, via)
                 sent = await self.forwarder.forward_http(scope, body, receive, send, via, via=True)
             if sent:
-                self.stats["forwarded"] += 1
+                self.stats.bump("forwarded")
             else:
-                self.stats["abandoned_polls"] = self.stats.get("abandoned_polls", 0) + 1
+                self.stats.bump("abandoned_polls")
             return True
         except (OwnerUnreachable, OwnerLost) as exc:
             # Not sent, or sent without an answer (never resent: at most once). Either way the
             # client gets python-engineio's own 400 from the local server (an empty body, the
             # sid unknown here): every Engine.IO client treats it as a lost session and
             # reconnects.
-            self.stats["forward_errors"] += 1
+            self.stats.bump("forward_errors")
             log.warning("forward to %s failed, answering 400: %s", target, exc)
 
             async def empty() -> dict[str, Any]:
@@ -660,22 +658,22 @@ class MeshNode:
 
     def all_stats(self) -> dict[str, int]:
         """Every counter of this node (forwarding, links, gossip, adapter): what status shows
-        under ``stats`` and metrics export as ``siomesh_<name>``."""
-        stats = dict(self.stats)
-        stats["links_open"] = self.links.open_links()
+        under ``stats`` and metrics export as ``siomesh_<name>`` (declared in
+        siomesh.counters)."""
+        self.stats.set("links_open", self.links.open_links())
         if self.recovery.enabled:
-            stats.update(self.recovery.sizes())
+            for name, value in self.recovery.sizes().items():
+                self.stats.set(name, value)
+        stats = self.stats.snapshot()
         if self.gossip is not None:
-            for key, value in self.gossip.node.membership_counts().items():
-                stats[f"gossip_{key}"] = value
+            stats.update(self.gossip.node.membership_counts().snapshot())
         adapter = self.adapter
         if adapter is not None:
-            for key, value in adapter.stats.items():
-                stats[f"adapter_{key}"] = value
-            for channel in adapter.link_stats().values():
-                for key, value in channel.items():
-                    stats[f"adapter_{key}"] = stats.get(f"adapter_{key}", 0) + value
-            stats["adapter_queued"] = sum(adapter.queue_sizes().values())
+            adapter.stats.set("queued", sum(adapter.queue_sizes().values()))
+            stats.update(adapter.stats.snapshot())
+            for channel in adapter.channel_stats():
+                for name, value in channel.snapshot().items():
+                    stats[name] = stats.get(name, 0) + value
         return stats
 
     def status(self) -> dict[str, Any]:
@@ -699,9 +697,9 @@ class MeshNode:
                 for seed in self.config.peers
                 if seed != self.config.node_url
             ],
-            "relayed_websockets": self.stats.get("relayed_websockets", 0),
-            "takeovers": self.stats.get("takeovers", 0),
-            "takeover_fallbacks": self.stats.get("takeover_fallbacks", 0),
+            "relayed_websockets": self.stats["relayed_websockets"],
+            "takeovers": self.stats["takeovers"],
+            "takeover_fallbacks": self.stats["takeover_fallbacks"],
         }
 
     def _members_status(self) -> list[dict[str, Any]]:

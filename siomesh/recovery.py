@@ -74,6 +74,7 @@ from socketio import packet as sio_packet
 
 from .codec import WireError, pack, unpack
 from .config import RecoveryConfig
+from .counters import Stats
 from .engine import EngineSeam
 from .links.calls import CallFailed, CallRefused, Calls
 from .links.link import Link, LinkClosed
@@ -243,7 +244,7 @@ class Recovery:
         owner_of: Callable[[str], str | None],
         live_peers: Callable[[], list[str]],
         leaving_peers: Callable[[], list[str]],
-        stats: dict[str, int],
+        stats: Stats,
         call_timeout: float,
         keys: SidKeys | None = None,
     ) -> None:
@@ -260,18 +261,6 @@ class Recovery:
         self._leaving_peers = leaving_peers
         self._timeout = call_timeout
         self.stats = stats
-        for key in (
-            "recovery_kept",
-            "recovered",
-            "recovery_misses",
-            "recovery_replayed",
-            "recovery_expired",
-            "recovery_handed_off",
-            "recovery_forged_pids",
-            "recovery_refused",
-            "recovery_fetches_sent",
-        ):
-            stats.setdefault(key, 0)
         if keys is None:
             found = getattr(getattr(make_pid, "__self__", None), "keys", None)
             keys = found if isinstance(found, SidKeys) else None
@@ -395,14 +384,14 @@ class Recovery:
         self._prune(now)
         while len(self.kept) >= self.config.max_sessions:
             self.kept.popitem(last=False)
-            self.stats["recovery_expired"] += 1
+            self.stats.bump("recovery_expired")
         until = now + self.config.max_disconnection
         if restored is None:
             self.kept[pid] = Kept(pid, sid, namespace, rooms, data, until, self.log)
         else:
             prefix, seq = restored
             self.kept[pid] = Kept(pid, sid, namespace, rooms, data, until, prefix, tail_seq=seq)
-        self.stats["recovery_kept"] += 1
+        self.stats.bump("recovery_kept")
 
     def _prune(self, now: float) -> None:
         while self.kept:
@@ -410,7 +399,7 @@ class Recovery:
             if kept.until > now:
                 break
             del self.kept[pid]
-            self.stats["recovery_expired"] += 1
+            self.stats.bump("recovery_expired")
         self.log.trim(now)
 
     # -- restoring -----------------------------------------------------------------------------
@@ -426,13 +415,13 @@ class Recovery:
         if not self.genuine(pid):
             # forged or random: no member kept it, and nobody is asked (attacker-driven: no
             # log line above DEBUG)
-            self.stats["recovery_forged_pids"] += 1
+            self.stats.bump("recovery_forged_pids")
             log.debug("siomesh: recovery with a pid that does not verify: a new session")
             await handle_connect(eio_sid, namespace, data)
             return
         if not _OFFSET.fullmatch(offset):
-            self.stats["recovery_refused"] += 1
-            self.stats["recovery_misses"] += 1
+            self.stats.bump("recovery_refused")
+            self.stats.bump("recovery_misses")
             log.debug("siomesh: recovery of %s with a malformed offset: a new session", pid)
             await handle_connect(eio_sid, namespace, data)
             return
@@ -452,7 +441,7 @@ class Recovery:
                 self._keep_fetched(str(data["pid"]), str(data["offset"]), state)
             return
         if state is None or state["namespace"] != namespace:
-            self.stats["recovery_misses"] += 1
+            self.stats.bump("recovery_misses")
             gate.open([])
             await handle_connect(eio_sid, namespace, data)
             return
@@ -494,8 +483,8 @@ class Recovery:
             self.log.last_seq,
         )
         gate.open(packets, sent)
-        self.stats["recovered"] += 1
-        self.stats["recovery_replayed"] += len(missed) + len(extras)
+        self.stats.bump("recovered")
+        self.stats.bump("recovery_replayed", len(missed) + len(extras))
 
     def _keep_fetched(self, pid: str, offset: str, state: dict[str, Any]) -> None:
         """Keep a fetched session whose client left before it could be restored: its next
@@ -686,7 +675,7 @@ class Recovery:
         request: dict[str, Any] = {"pid": pid, "offset": offset, "namespace": namespace}
         if forwarded:
             request["forwarded"] = True
-        self.stats["recovery_fetches_sent"] += 1
+        self.stats.bump("recovery_fetches_sent")
         try:
             payload = await self._links.calls.call(
                 peer,
@@ -723,7 +712,7 @@ class Recovery:
         if kept is None:
             return self.adopters.get(pid)
         if namespace is not None and namespace != kept.namespace:
-            self.stats["recovery_refused"] += 1
+            self.stats.bump("recovery_refused")
             log.debug("siomesh: recovery of %s in another namespace: refused", pid)
             return REFUSED
         entries = self._entries_of(kept)
@@ -731,7 +720,7 @@ class Recovery:
         if position is None:
             # not an offset this session's log holds (a guess, or older than the log):
             # refused; the session stays kept for a request with the right one
-            self.stats["recovery_refused"] += 1
+            self.stats.bump("recovery_refused")
             log.debug("siomesh: recovery of %s with an offset not in its log: refused", pid)
             return REFUSED
         del self.kept[pid]
@@ -899,7 +888,7 @@ class Recovery:
             return 0
         for pid in handing:
             self._point(pid, peer)
-        self.stats["recovery_handed_off"] += len(handing)
+        self.stats.bump("recovery_handed_off", len(handing))
         return len(handing)
 
     async def _hand(self, handing: dict[str, Kept], now: float) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .cluster import ClusterView
 from .config import MeshConfig
+from .counters import Stats
 from .engine import EngineSeam
 from .links.pool import LinkPool
 from .sid import SidKeys
@@ -35,8 +36,8 @@ class NodeContext(Protocol):
     def keys(self) -> SidKeys: ...
 
     @property
-    def stats(self) -> dict[str, int]:
-        """The node's counters (plain ints; status and metrics read them)."""
+    def stats(self) -> Stats:
+        """The node's counters (siomesh.counters; status and metrics read them)."""
         ...
 
     @property

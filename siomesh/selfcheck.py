@@ -70,7 +70,7 @@ async def _check_node_url(node: MeshNode, warn: RateLimitedLog) -> None:
             await asyncio.sleep(PROBE_GAP)
     others = instances - {node.instance}
     if node.instance not in instances and not others:
-        node.stats["selfcheck_node_url_unreachable"] = 1
+        node.stats.set("selfcheck_node_url_unreachable", 1)
         warn.warning(
             ("node_url",),
             "node_url %s does not reach this process (%s): peers forward to it and cannot. "
@@ -79,7 +79,7 @@ async def _check_node_url(node: MeshNode, warn: RateLimitedLog) -> None:
             errors[-1] if errors else "no answer",
         )
     elif others:
-        node.stats["selfcheck_node_url_shared"] = 1
+        node.stats.set("selfcheck_node_url_shared", 1)
         warn.warning(
             ("node_url-shared",),
             "another process answers at node_url %s (instances %s besides this one, %s): several "
@@ -111,4 +111,4 @@ def _check_seeds(node: MeshNode, warn: RateLimitedLog) -> None:
             error,
             seed,
         )
-    node.stats["seeds_unreachable"] = failing
+    node.stats.set("seeds_unreachable", failing)

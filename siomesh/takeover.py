@@ -59,6 +59,7 @@ from engineio import packet as eio_packet
 
 from .codec import decode_packet, encode_packet
 from .config import TakeoverConfig
+from .counters import Stats
 from .engine import EngineSeam
 from .links.calls import CallFailed, CallRefused, Calls
 from .links.frames import RequestMeta
@@ -135,7 +136,7 @@ class Takeover:
         seam: EngineSeam,
         links: LinkPool,
         is_member: Callable[[str], bool],
-        stats: dict[str, int],
+        stats: Stats,
         pointer_ttl: float,
         on_moved: Callable[[str, float], None] | None = None,
     ) -> None:
@@ -150,15 +151,6 @@ class Takeover:
         #: told before a handed-off session is removed (the gossiped directory marks it moved)
         self._on_moved = on_moved
         self.stats = stats
-        for key in (
-            "takeovers",
-            "takeover_fallbacks",
-            "sessions_handed_off",
-            "takeover_lost",
-            "takeover_holds_skipped",
-            "takeover_mispredicted",
-        ):
-            stats.setdefault(key, 0)
         #: which client kinds upgrade (a session of a kind that never does is not held)
         self.forecast = UpgradeForecast()
         #: how long after their handshake recent claims came (seconds): under a connect
@@ -199,7 +191,7 @@ class Takeover:
                         if self.config.learn and not self.forecast.may_upgrade(hold.agent):
                             # clients of this kind never upgrade: no window to wait for
                             hold.skipped = True
-                            self.stats["takeover_holds_skipped"] += 1
+                            self.stats.bump("takeover_holds_skipped")
                             await self.release(socket)
                             return await self._dispatch(hold, pkt)
                     hold.buffer.append(pkt)
@@ -214,7 +206,7 @@ class Takeover:
                 if hold.phase == "moved":
                     # Cannot happen (the hand-off is atomic with respect to receiving); if it
                     # did, the packet would be lost: say so.
-                    self.stats["takeover_lost"] += 1
+                    self.stats.bump("takeover_lost")
                     log.warning("siomesh: a packet reached session %s after it moved", sid)
                     return None
                 return await self._dispatch(hold, pkt)
@@ -295,7 +287,7 @@ class Takeover:
             self.forecast.record(hold.agent, True)
             hold.polled = False
             if hold.skipped:
-                self.stats["takeover_mispredicted"] += 1
+                self.stats.bump("takeover_mispredicted")
                 log.debug("siomesh: session %s was not held but upgrades elsewhere", sid)
         if hold is None or not hold.movable:
             return "the session already talks Socket.IO here"
@@ -322,7 +314,7 @@ class Takeover:
             self._on_moved(sid, self._pointer_ttl)
         self._seam.forget_session(sid)
         self._add_pointer(sid, to)
-        self.stats["sessions_handed_off"] += 1
+        self.stats.bump("sessions_handed_off")
         meta = RequestMeta.from_scope(scope, list(scope.get("headers", [])))
         return {"scope": meta.to_wire(), "held": held, "queued": queued}
 
@@ -364,7 +356,7 @@ class Takeover:
     def _claim_unsent(self, link: Link, body: bytes) -> None:
         # the claimer cannot learn it: its client's WebSocket gets relayed to us, follows the
         # pointer back to it and is refused there; the client reconnects
-        self.stats["takeover_lost"] += 1
+        self.stats.bump("takeover_lost")
         log.warning("siomesh: a takeover answer to %s could not be sent", link.peer)
 
     # -- taker side ----------------------------------------------------------------------------
@@ -392,15 +384,15 @@ class Takeover:
             try:
                 await self._install(sid, state, owner)
             except Exception as exc:
-                self.stats["takeover_lost"] += 1
+                self.stats.bump("takeover_lost")
                 log.warning("siomesh: session %s from %s not installed: %r", sid, owner, exc)
                 reason = f"install failed: {exc!r}"
                 return reason
-            self.stats["takeovers"] += 1
+            self.stats.bump("takeovers")
             return None
         finally:
             if reason is not None:
-                self.stats["takeover_fallbacks"] += 1
+                self.stats.bump("takeover_fallbacks")
                 log.debug("siomesh: session %s not taken over from %s: %s", sid, owner, reason)
             del self.pending[sid]
             done.set()

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..counters import Stats
 from ..links.frames import FrameType, encode_u64_pair
 from ..links.link import Link
 from ..ratelimit import RateLimitedLog
@@ -164,10 +165,8 @@ class PeerChannel:
         #: emits do not wait for this peer until it acknowledges ``_lag_mark`` (see ``lag``)
         self.lagging = False
         self._lag_mark = 0
-        self.stats = {
-            "sent": 0, "resent": 0, "acked": 0, "gap_messages": 0, "gaps": 0, "stalls": 0,
-            "order_timeouts": 0, "lagging": 0,
-        }  # fmt: skip
+        #: this channel's counters (``adapter_peer`` in siomesh.counters)
+        self.stats = Stats("adapter_peer")
 
     def __len__(self) -> int:
         return self._messages
@@ -218,7 +217,7 @@ class PeerChannel:
         """An emit stopped waiting for this peer after ``bound`` seconds (counted in
         ``order_timeouts``). A peer that acknowledged something within ``bound`` is busy, not
         stalled: it is still waited for by later emits. One that did not is marked lagging."""
-        self.stats["order_timeouts"] += 1
+        self.stats.bump("order_timeouts")
         if self._acked_at is not None and now - self._acked_at < bound:
             self._warn.warning(
                 ("busy", self.peer),
@@ -241,7 +240,7 @@ class PeerChannel:
             return
         self.lagging = True
         self._lag_mark = self._seq
-        self.stats["lagging"] += 1
+        self.stats.bump("lagging")
         self._warn.warning(
             ("lagging", self.peer),
             "adapter: %s has not acknowledged anything for adapter.order_timeout (%.2f s; %s): "
@@ -301,7 +300,7 @@ class PeerChannel:
 
     def _fold(self, first: int, last: int, targets: Targets) -> None:
         """Record messages first..last as lost (a trailing gap absorbs them)."""
-        self.stats["gap_messages"] += last - first + 1
+        self.stats.bump("gap_messages", last - first + 1)
         tail = self._unsent[-1] if self._unsent else None
         if tail is not None and tail.text is None and tail.last + 1 == first:
             tail.last = last
@@ -310,7 +309,7 @@ class PeerChannel:
         gap = _Item(first, last, None, {})
         merge_targets(gap.targets, targets)
         self._unsent.append(gap)
-        self.stats["gaps"] += 1
+        self.stats.bump("gaps")
 
     def abandon(self, why: str) -> int:
         """Replace every queued message by one gap (the peer is declared dead): if it comes
@@ -327,8 +326,8 @@ class PeerChannel:
         for item in items:
             merge_targets(gap.targets, item.targets)
         self._unsent.append(gap)
-        self.stats["gap_messages"] += dropped
-        self.stats["gaps"] += 1
+        self.stats.bump("gap_messages", dropped)
+        self.stats.bump("gaps")
         log.warning(
             "dropped %d adapter messages to %s (%s); its clients will be disconnected to "
             "resync if it comes back",
@@ -347,7 +346,7 @@ class PeerChannel:
         if now - self._progress_at < STALL_WARNING:
             return
         self._stalled_since = self._progress_at
-        self.stats["stalls"] += 1
+        self.stats.bump("stalls")
         log.warning(
             "adapter: %d messages to %s not acknowledged for %.0f s (no working link to it: a "
             "network partition, or the process is frozen); they are held and delivered in "
@@ -376,7 +375,7 @@ class PeerChannel:
             if link.send(FrameType.ADAPTER_ACK, 0, stable_notice(self.epoch, self.stable)):
                 self._stable_sent = self.stable
             if self._unacked:
-                self.stats["resent"] += sum(1 for i in self._unacked if i.text is not None)
+                self.stats.bump("resent", sum(1 for i in self._unacked if i.text is not None))
                 self._unsent.extendleft(reversed(self._unacked))
                 self._unacked.clear()
         while self._unsent:
@@ -392,7 +391,7 @@ class PeerChannel:
                 return  # buffer full or link closed: the next pump (tick, ack, link up) resumes
             self._unacked.append(self._unsent.popleft())
             if item.text is not None:
-                self.stats["sent"] += 1
+                self.stats.bump("sent")
 
     def on_ack(self, epoch: int, seq: int) -> None:
         """The peer applied everything up to ``seq``."""
@@ -409,7 +408,7 @@ class PeerChannel:
             progressed = True
             if item.text is not None:
                 self._messages -= 1
-                self.stats["acked"] += 1
+                self.stats.bump("acked")
         if progressed:
             self._progress_at = self._acked_at = time.monotonic()
             if self._stalled_since is not None:

@@ -170,18 +170,18 @@ class Inbound:
         while inbox:
             link, kind, epoch, seq, rest = inbox.popleft()
             if not self.dedup.accept(sender, epoch, seq):
-                stats["duplicates"] += 1
+                stats.bump("duplicates")
             elif kind is FrameType.ADAPTER_GAP:
                 await self.apply_gap(sender, rest)
             else:
-                stats["received"] += 1
+                stats.bump("received")
                 try:
                     message = json.loads(rest)
                     if not isinstance(message, dict) or not isinstance(message.get("m"), str):
                         raise WireError("message without a method")
                     await self.dispatch(message, sender)
                 except _BAD as exc:
-                    stats["bad_messages"] += 1
+                    stats.bump("bad_messages")
                     self._warn.warning(
                         ("bad", sender), "bad adapter message from %s: %r", sender, exc
                     )
@@ -230,7 +230,7 @@ class Inbound:
         reconnect and resync) every local client they may have been for."""
         manager = self._manager
         stats = manager.stats
-        stats["gaps_received"] += 1
+        stats.bump("gaps_received")
         try:
             info = json.loads(detail)
             targets = info["targets"]
@@ -238,7 +238,7 @@ class Inbound:
             if not isinstance(targets, dict):
                 raise TypeError("targets")
         except (ValueError, KeyError, TypeError, RecursionError):
-            stats["bad_messages"] += 1
+            stats.bump("bad_messages")
             return
         eio_sids: set[str] = set()
         for namespace, rooms in targets.items():
@@ -248,7 +248,7 @@ class Inbound:
                 with contextlib.suppress(TypeError):
                     for _, eio_sid in manager.get_participants(namespace, room):
                         eio_sids.add(eio_sid)
-        stats["resync_disconnects"] += len(eio_sids)
+        stats.bump("resync_disconnects", len(eio_sids))
         log.warning(
             "adapter messages from %s were lost (from seq %d): disconnecting %d clients "
             "that may have missed them, so that they reconnect and resync",
@@ -377,7 +377,7 @@ class Inbound:
         try:
             return await self.handle_call(body, link.peer)
         except _BAD as exc:
-            self._manager.stats["bad_messages"] += 1
+            self._manager.stats.bump("bad_messages")
             raise CallRefused(f"bad call: {exc}") from exc
 
     async def handle_call(self, body: bytes, sender: str) -> bytes:

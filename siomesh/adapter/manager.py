@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import socketio
 
+from ..counters import Stats
 from ..links.calls import CallFailed
 from ..links.frames import FrameType
 from ..links.link import Link, LinkClosed
@@ -161,14 +162,8 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             warn=self._warn,
         )
         self._tags: dict[str, str] = {}  # peer URL -> node tag (absent peers' sids)
-        self.stats = {
-            "received": 0,
-            "duplicates": 0,
-            "bad_messages": 0,
-            "resync_disconnects": 0,
-            "gaps_received": 0,
-            "causal_timeouts": 0,
-        }
+        #: the adapter's counters (``adapter`` in siomesh.counters)
+        self.stats = Stats("adapter")
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -503,7 +498,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
 
     def _late(self, sender: str) -> None:
         """An emit stopped waiting for ``sender`` to report stable what this node applied."""
-        self.stats["causal_timeouts"] += 1
+        self.stats.bump("causal_timeouts")
         self._warn.warning(
             ("causal", sender),
             "adapter: %s did not report within adapter.order_timeout (%.2f s) that the "
@@ -519,7 +514,12 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         return {peer: len(channel) for peer, channel in self._channels.items()}
 
     def link_stats(self) -> dict[str, dict[str, int]]:
+        """Each peer channel's counters (``adapter_peer`` in siomesh.counters), by peer."""
         return {peer: dict(channel.stats) for peer, channel in self._channels.items()}
+
+    def channel_stats(self) -> list[Stats]:
+        """Every peer channel's counters (status sums them)."""
+        return [channel.stats for channel in self._channels.values()]
 
     # -- python-socketio's manager interface -----------------------------------------------------
 

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..counters import Stats
 from .frames import (
     FrameError,
     FrameType,
@@ -261,7 +262,7 @@ class Link:
         close: Closer,
         dispatcher: Dispatcher,
         max_buffer: int,
-        stats: dict[str, int],
+        stats: Stats,
     ) -> None:
         self.peer = peer
         self.kind = kind
@@ -305,7 +306,7 @@ class Link:
         if self.closed.is_set():
             return False
         if self._buffered + len(payload) > self.max_buffer and self._buffered:
-            self.stats["link_buffer_full"] = self.stats.get("link_buffer_full", 0) + 1
+            self.stats.bump("link_buffer_full")
             return False
         self._out.append((int(kind), stream, payload))
         self._buffered += len(payload)
@@ -334,8 +335,8 @@ class Link:
                 self._send_seq += 1
                 frame = seal_frame(self._send_key, kind, stream, self._send_seq, payload)
                 await self._write(frame)
-                self.stats["link_frames_sent"] += 1
-                self.stats["link_bytes_sent"] += len(frame)
+                self.stats.bump("link_frames_sent")
+                self.stats.bump("link_bytes_sent", len(frame))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -352,18 +353,18 @@ class Link:
                 try:
                     data = await read()
                 except FrameError as exc:  # e.g. a text message where frames are binary
-                    self.stats["link_protocol_errors"] += 1
+                    self.stats.bump("link_protocol_errors")
                     log.warning("link %s: protocol error, closing: %s", self, exc)
                     reason, code = f"protocol error: {exc}", PROTOCOL_ERROR
                     break
                 if data is None:
                     break
-                self.stats["link_frames_received"] += 1
-                self.stats["link_bytes_received"] += len(data)
+                self.stats.bump("link_frames_received")
+                self.stats.bump("link_bytes_received", len(data))
                 try:
                     self._receive(data)
                 except FrameError as exc:
-                    self.stats["link_protocol_errors"] += 1
+                    self.stats.bump("link_protocol_errors")
                     log.warning("link %s: protocol error, closing: %s", self, exc)
                     reason, code = f"protocol error: {exc}", PROTOCOL_ERROR
                     break
@@ -385,7 +386,7 @@ class Link:
                     raise FrameError(f"{kind.name} frame without a stream")
                 # a known kind this node does not use (e.g. adapter messages to a node that
                 # keeps another client manager): dropped and counted, the link stays up
-                self.stats["link_frames_unhandled"] = self.stats.get("link_frames_unhandled", 0) + 1
+                self.stats.bump("link_frames_unhandled")
                 return
             try:
                 callback(self, payload)
@@ -401,7 +402,7 @@ class Link:
             if stream_id in self.streams:
                 raise FrameError(f"{kind.name} reuses stream {stream_id}")
             if handler is None:
-                self.stats["link_frames_unhandled"] = self.stats.get("link_frames_unhandled", 0) + 1
+                self.stats.bump("link_frames_unhandled")
                 if kind is FrameType.CALL:
                     self.send(FrameType.REPLY, stream_id, b"\x01no handler for calls here")
                 elif kind is FrameType.WS_OPEN:
@@ -437,12 +438,12 @@ class Link:
         try:
             await handler(self, stream, payload)
         except FrameError as exc:
-            self.stats["link_protocol_errors"] += 1
+            self.stats.bump("link_protocol_errors")
             log.warning("link %s: bad stream %d: %s", self, stream.id, exc)
         except (LinkClosed, asyncio.CancelledError):
             pass
         except Exception:
-            self.stats["link_handler_errors"] = self.stats.get("link_handler_errors", 0) + 1
+            self.stats.bump("link_handler_errors")
             log.exception("link %s: %s stream %d handler failed", self, opened_by.name, stream.id)
         finally:
             if not stream.answered and (not stream.failed or stream.released):

@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 
+from ..counters import Stats
 from ..ratelimit import RateLimitedLog
 from .calls import Calls
 from .frames import FrameError, FrameType
@@ -91,7 +92,7 @@ class LinkPool:
         max_frame: int,
         max_pending: int = 1024,
         ssl_context: ssl.SSLContext | None = None,
-        stats: dict[str, int] | None = None,
+        stats: Stats | None = None,
     ) -> None:
         self.node_url = node_url
         self.generation = generation
@@ -109,21 +110,7 @@ class LinkPool:
         #: typed calls (operation, body, status) over this node's control links
         self.calls = Calls(self)
         self.dispatcher.serve(FrameType.CALL, self.calls.serve_stream)
-        self.stats = stats if stats is not None else {}
-        for key in (
-            "link_frames_sent",
-            "link_frames_received",
-            "link_bytes_sent",
-            "link_bytes_received",
-            "link_protocol_errors",
-            "link_buffer_full",
-            "links_dialled",
-            "link_dial_failures",
-            "links_accepted",
-            "links_refused",
-            "link_pending_dropped",
-        ):
-            self.stats.setdefault(key, 0)
+        self.stats = stats if stats is not None else Stats()
         self._nonces = NonceCache(window)
         self._out: dict[tuple[str, str], Link] = {}
         self._inbound: set[Link] = set()
@@ -202,7 +189,7 @@ class LinkPool:
             return False
         pending = self._pending.setdefault(key, deque())
         if len(pending) >= self.max_pending:
-            self.stats["link_pending_dropped"] += 1
+            self.stats.bump("link_pending_dropped")
             return False
         pending.append((frame, payload))
         if key not in self._dialling:
@@ -244,7 +231,7 @@ class LinkPool:
             delay = min(max(last * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
             self._backoff[key] = (time.monotonic() + delay, delay)
             if pending:
-                self.stats["link_pending_dropped"] += len(pending)
+                self.stats.bump("link_pending_dropped", len(pending))
             return
         self._backoff.pop(key, None)
         self.last_errors.pop(key[0], None)
@@ -294,7 +281,7 @@ class LinkPool:
                 timeout=self.connect_timeout + self.handshake_timeout,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            self.stats["link_dial_failures"] += 1
+            self.stats.bump("link_dial_failures")
             if exc.status in (401, 403):
                 self.warn.warning(
                     ("refused", peer),
@@ -308,7 +295,7 @@ class LinkPool:
                 )
             raise LinkUnavailable(f"{peer}: handshake refused: HTTP {exc.status}") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            self.stats["link_dial_failures"] += 1
+            self.stats.bump("link_dial_failures")
             raise LinkUnavailable(f"{peer}: {exc!r}") from exc
         try:
             hello = await asyncio.wait_for(ws.receive(), self.handshake_timeout)
@@ -317,7 +304,7 @@ class LinkPool:
             nonce, peer_generation = self.secret.verify_hello(offer, hello.data)
             await ws.send_bytes(self.secret.ack(offer, nonce))
         except (HandshakeError, asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
-            self.stats["link_dial_failures"] += 1
+            self.stats.bump("link_dial_failures")
             if isinstance(exc, HandshakeError):
                 self.warn.warning(("hello", peer), "link to %s failed its handshake: %s", peer, exc)
             with contextlib.suppress(Exception):
@@ -355,7 +342,7 @@ class LinkPool:
         self._out[(peer, kind)] = link
         if old is not None and old.is_open:
             await old.shutdown(reason="replaced")
-        self.stats["links_dialled"] += 1
+        self.stats.bump("links_dialled")
         self._run(link, read)
         for listener in self._up_listeners:
             listener(link)
@@ -397,7 +384,7 @@ class LinkPool:
             if not self._nonces.fresh(offer.nonce, now):
                 raise HandshakeError("link offer nonce reused (a replayed offer)")
         except HandshakeError as exc:
-            self.stats["links_refused"] += 1
+            self.stats.bump("links_refused")
             self.warn.warning(
                 ("refuse", str(exc)[:40]),
                 "refused a peer link from %s (claims %s): %s",
@@ -422,7 +409,7 @@ class LinkPool:
                 raise HandshakeError("no link ack")
             self.secret.verify_ack(offer, nonce, data)
         except (HandshakeError, asyncio.TimeoutError) as exc:
-            self.stats["links_refused"] += 1
+            self.stats.bump("links_refused")
             self.warn.warning(
                 ("ack", offer.sender), "link from %s failed: %s", offer.sender, _reason(exc)
             )
@@ -459,7 +446,7 @@ class LinkPool:
             max_buffer=self.max_buffer,
             stats=self.stats,
         )
-        self.stats["links_accepted"] += 1
+        self.stats.bump("links_accepted")
         self._inbound.add(link)
         # the peer is evidently up: dial it again at once instead of after a backoff
         self.revive(offer.sender)

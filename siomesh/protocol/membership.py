@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from siomesh.counters import Stats
 from siomesh.protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MemberUpdate, State
 
 __all__ = [
@@ -196,7 +197,8 @@ class Membership:
         self._next_forget = 0.0
         #: how often this node suspected a peer, had to refute a suspicion of itself (a false
         #: suspicion: it was alive), and declared a peer dead
-        self.counts = {"suspected": 0, "refuted": 0, "declared_dead": 0}
+        #: suspicions raised and refuted, members declared dead (siomesh.counters)
+        self.counts = Stats("membership")
 
     # ------------------------------------------------------------------ queries
 
@@ -295,7 +297,7 @@ class Membership:
         if u.state == State.ALIVE or u.incarnation < me.incarnation:
             return None
         # Refute: a claim that we are suspect/dead/left at our incarnation or above.
-        self.counts["refuted"] += 1
+        self.counts.bump("refuted")
         self._set(replace(me, incarnation=u.incarnation + 1))
         return self.me.update()
 
@@ -307,7 +309,7 @@ class Membership:
         u = MemberUpdate(m.node_id, m.url, m.generation, m.incarnation, State.SUSPECT, self._me_id)
         self._set(replace(m, state=State.SUSPECT, state_since=now))
         self._suspicions[node_id] = _Suspicion(m.incarnation, now, {self._me_id})
-        self.counts["suspected"] += 1
+        self.counts.bump("suspected")
         return u
 
     def leave(self, now: float) -> MemberUpdate:
@@ -325,7 +327,7 @@ class Membership:
                 m = self._members[node_id]
                 dead = replace(m, state=State.DEAD, state_since=now)
                 self._set(dead)
-                self.counts["declared_dead"] += 1
+                self.counts.bump("declared_dead")
                 out.append(dead.update())
         if now >= self._next_forget:  # tombstones need no precision: sweep once a second
             self._next_forget = now + 1.0

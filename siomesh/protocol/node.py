@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
+from siomesh.counters import Stats
 from siomesh.protocol.directory import Directory, delta_wire_size
 from siomesh.protocol.membership import GossipConfig, Member, Membership
 from siomesh.protocol.messages import (
@@ -167,10 +168,12 @@ class Node:
         if lag >= self.config.probe_timeout / 2:
             self._health = min(self.config.max_local_health, self._health + 1)
 
-    def membership_counts(self) -> dict[str, int]:
+    def membership_counts(self) -> Stats:
         """Suspicions raised, suspicions of this node refuted (it was alive: a false
         suspicion), members declared dead, and the current local health score."""
-        return {**self._membership.counts, "local_health": self._health}
+        counts = self._membership.counts
+        counts.set("local_health", self._health)
+        return counts
 
     def members(self) -> list[Member]:
         """Every known member including self and DEAD/LEFT tombstones."""

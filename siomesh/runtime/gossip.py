@@ -110,8 +110,7 @@ class GossipCluster:
                 best = m
         if best is not None:
             leaving = (
-                best.state == State.LEFT
-                and time.monotonic() - best.state_since < LEAVING_WINDOW
+                best.state == State.LEFT and time.monotonic() - best.state_since < LEAVING_WINDOW
             )
             return MemberRef(best.url, best.live, self._gen_tag(best.generation), leaving)
         seed = self._seed_by_tag.get(tag)
@@ -239,17 +238,6 @@ class GossipRuntime:
         self._moved: set[str] = set()
         self._stopping = False
         self._left = False
-        stats = mesh.stats
-        for key in (
-            "gossip_messages_sent",
-            "gossip_messages_received",
-            "gossip_bytes_sent",
-            "gossip_bytes_received",
-            "gossip_send_errors",
-            "gossip_dropped",
-            "gossip_bad_messages",
-        ):
-            stats.setdefault(key, 0)
         self._links = mesh.links
         self._links.dispatcher.on(FrameType.GOSSIP, self._receive)
 
@@ -349,20 +337,20 @@ class GossipRuntime:
         for url, msg in outbound:
             body = encode(msg)
             if self._links.post(url, "control", FrameType.GOSSIP, body):
-                stats["gossip_messages_sent"] += 1
-                stats["gossip_bytes_sent"] += len(body)
+                stats.bump("gossip_messages_sent")
+                stats.bump("gossip_bytes_sent", len(body))
             else:
-                stats["gossip_dropped"] += 1
+                stats.bump("gossip_dropped")
 
     def _receive(self, link: Link, body: bytes) -> None:
         stats = self.mesh.stats
-        stats["gossip_messages_received"] += 1
-        stats["gossip_bytes_received"] += len(body)
+        stats.bump("gossip_messages_received")
+        stats.bump("gossip_bytes_received", len(body))
         try:
             msg = decode(body, self.config.max_message_bytes)
         except DecodeError as exc:
             # an authenticated peer sent garbage: count it and drop it, the link stays up
-            stats["gossip_bad_messages"] += 1
+            stats.bump("gossip_bad_messages")
             log.warning("bad gossip message from %s: %s", link.peer, exc)
             return
         # heard from it: a dial that failed a moment ago (a heal) is retried at once

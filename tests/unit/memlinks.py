@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.parse
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from siomesh.counters import Stats
 from siomesh.links.link import Dispatcher, Link
 
 if TYPE_CHECKING:
@@ -31,9 +31,9 @@ DIALLER_URL = "http://dialler.test:1"
 ACCEPTOR_URL = "http://acceptor.test:2"
 
 
-def new_stats() -> dict[str, int]:
-    """A stats dict that a Link can count into (every counter starts at 0)."""
-    return defaultdict(int)
+def new_stats() -> Stats:
+    """The node counters a Link counts into (every counter starts at 0)."""
+    return Stats()
 
 
 class LinkPair:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from siomesh.config import RecoveryConfig
+from siomesh.counters import Stats
 from siomesh.engine import EngineSeam
 from siomesh.recovery import (
     HANDOFF_WAIT,
@@ -65,7 +66,7 @@ def node(url: str, peers: Peers, *, keys: SidKeys | None = KEYS) -> Recovery:
         owner_of=owner_of,
         live_peers=lambda: [p for p in peers.live if p != url],
         leaving_peers=lambda: list(peers.leaving),
-        stats={},
+        stats=Stats(),
         call_timeout=1.0,
         keys=keys,
     )
@@ -80,7 +81,7 @@ def node(url: str, peers: Peers, *, keys: SidKeys | None = KEYS) -> Recovery:
         timeout: float | None = None,
     ) -> Any:
         peers.calls.append((peer, forwarded))
-        recovery.stats["recovery_fetches_sent"] += 1
+        recovery.stats.bump("recovery_fetches_sent")
         reply = peers.replies.get(peer)
         return reply(pid, offset, forwarded) if callable(reply) else reply
 
