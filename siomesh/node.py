@@ -662,8 +662,7 @@ class MeshNode:
         siomesh.counters)."""
         self.stats.set("links_open", self.links.open_links())
         if self.recovery.enabled:
-            for name, value in self.recovery.sizes().items():
-                self.stats.set(name, value)
+            self.recovery.count_sizes()
         stats = self.stats.snapshot()
         if self.gossip is not None:
             stats.update(self.gossip.node.membership_counts().snapshot())

@@ -920,13 +920,11 @@ class Recovery:
             return peer
         return None
 
-    def sizes(self) -> dict[str, int]:
-        """What recovery holds now (status and metrics)."""
-        return {
-            "recovery_sessions": len(self.kept),
-            "recovery_log_events": len(self.log.entries),
-            "recovery_log_bytes": self.log.bytes,
-        }
+    def count_sizes(self) -> None:
+        """Set the gauges of what recovery holds now (status and metrics read them)."""
+        self.stats.set("recovery_sessions", len(self.kept))
+        self.stats.set("recovery_log_events", len(self.log.entries))
+        self.stats.set("recovery_log_bytes", self.log.bytes)
 
 
 def successors(url: str, members: Iterable[str]) -> list[str]:
