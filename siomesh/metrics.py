@@ -1,6 +1,7 @@
 """Prometheus metrics for one node, read at scrape time from the node's own counters.
 
-Nothing is updated on the request path but plain integer counters in ``SioMesh.stats``; this
+Nothing is updated on the request path but plain integer counters in ``SioMesh.stats``
+(declared, with their help text and type, in :mod:`siomesh.counters`); this
 collector turns them (and the cluster view's figures) into Prometheus families when scraped, so
 metrics cost nothing between scrapes. One registry per node: several nodes in one process (tests)
 do not collide.
@@ -15,31 +16,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["MeshCollector", "render"]
+from .counters import COUNTERS
 
-#: Help text of the counters users look at first; every other counter is exported too, as
-#: ``siomesh_<name>``, with a generic help text (status and metrics always show the same set).
-_HELP = {
-    "forwarded": "Engine.IO requests forwarded to their owner",
-    "forward_errors": "forwards that failed (owner unreachable or lost); answered 400",
-    "forward_lost": "forwards sent whose owner never answered (link broke, or timeout)",
-    "rejected": "requests answered 400 without a hop",
-    "forwarded_in": "requests forwarded to this node by peers and served here",
-    "forward_answers_lost": "forwarded polls answered as their forwarder went away",
-    "links_refused": "peer link offers refused (bad signature, recipient, time or nonce)",
-    "link_protocol_errors": "peer links closed on a protocol error (bad MAC, replay, garbage)",
-    "link_dial_failures": "peer links that could not be dialled",
-    "gossip_dropped": "gossip messages dropped because no link could take them",
-    "adapter_gap_messages": "adapter messages that could not be delivered (clients resynced)",
-    "adapter_resync_disconnects": "clients disconnected because adapter messages were lost",
-}
-#: Values that go up and down (open now), exported as gauges.
-_GAUGES = {
-    "relayed_websockets": "WebSockets this node relays for another owner, open now",
-    "links_open": "peer links open now (both directions)",
-    "adapter_queued": "adapter messages waiting for a peer's acknowledgement",
-    "gossip_local_health": "Lifeguard local health score (0: healthy; probes slowed by 1 + score)",
-}
+__all__ = ["MeshCollector", "render"]
 
 
 class MeshCollector(Collector):
@@ -62,10 +41,11 @@ class MeshCollector(Collector):
         stats = self._stats()
         for key in sorted(stats):
             value = stats[key]
-            if key in _GAUGES:
-                yield GaugeMetricFamily(f"siomesh_{key}", _GAUGES[key], value=value)
+            counter = COUNTERS.get(key)
+            help_text = counter.meaning if counter is not None else key.replace("_", " ")
+            if counter is not None and counter.gauge:
+                yield GaugeMetricFamily(f"siomesh_{key}", help_text, value=value)
             else:
-                help_text = _HELP.get(key, key.replace("_", " "))
                 yield CounterMetricFamily(f"siomesh_{key}", help_text, value=value)
         members = GaugeMetricFamily("siomesh_members", "cluster members by state", labels=["state"])
         for state, count in sorted(self._members().items()):
