@@ -64,9 +64,9 @@ PRIVATE_NAMES: dict[str, tuple[str, str]] = {
 
 #: Known hooks of each session stage, outermost first (unknown names go innermost, in
 #: registration order).
-PACKET_IN_ORDER = ("takeover.hold", "sessions.calls")
+PACKET_IN_ORDER = ("takeover.hold", "sessions.calls", "sessions.refusals")
 PACKET_OUT_ORDER = ("sessions.calls",)
-POLL_ORDER = ("orphans.guard",)
+POLL_ORDER = ("sessions.acks", "orphans.guard")
 
 SocketWrapper = Callable[[Any, Callable[..., Any]], Callable[..., Any]]
 ServerWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]

@@ -198,6 +198,10 @@ class SioMesh:
             scope["headers"] = [(k, v) for k, v in headers if not k.startswith(_MESH_PREFIX)]
         method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
         sid = sid_of(scope.get("query_string", b""))
+        if self.node.poll_refusals and await self.node.refuse_dropped_poll(
+            scope, receive, send, sid
+        ):
+            return
         takeover = self.node.takeover
         if sid is not None and sid in takeover.pending:
             await takeover.wait_installed(sid)  # this node is taking the session over

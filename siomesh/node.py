@@ -60,7 +60,16 @@ from .routing import Action, decide
 from .runtime.gossip import GossipRuntime
 from .seams import Hook
 from .selfcheck import self_checks
-from .sessions import count_calls_in, count_calls_out, drop_session, is_quiet, is_safe_to_drop
+from .sessions import (
+    PollRefusals,
+    awaits_ack,
+    count_acks_polled,
+    count_calls_in,
+    count_calls_out,
+    drop_session,
+    is_quiet,
+    is_safe_to_drop,
+)
 from .sid import SidKeys, generation_tag, make_sid, node_tag, parse_sid
 from .takeover import Takeover
 
@@ -145,6 +154,9 @@ class MeshNode:
         #: Not at once: a client whose polls keep landing here (a passive balancer) would
         #: re-poll in a tight loop for the whole drain.
         self.release_polls = asyncio.Event()
+        #: polling sessions being dropped at drain: their next poll is refused, their late
+        #: POSTs still served (siomesh.sessions.PollRefusals)
+        self.poll_refusals = PollRefusals()
         self._checks: asyncio.Future[None] | None = None
         self._drain_hooks: list[Callable[[], None]] = []
         #: the node's counters (siomesh.counters), shared by its parts
@@ -214,8 +226,10 @@ class MeshNode:
         seam = self.seam
         seam.on_packet_in("takeover.hold", self.takeover.hold)
         seam.on_packet_in("sessions.calls", count_calls_in)
+        seam.on_packet_in("sessions.refusals", self.poll_refusals.guard_close)
         seam.on_packet_out("sessions.calls", count_calls_out)
         seam.on_poll("orphans.guard", guard_poll)
+        seam.on_poll("sessions.acks", count_acks_polled)
         if gossip:
             runtime = GossipRuntime(self)
             self.gossip = runtime
@@ -244,6 +258,7 @@ class MeshNode:
             leaving_peers=self._leaving_peers,
             stats=self.stats,
             call_timeout=self.config.request_timeout,
+            hurry_drop=self.poll_refusals.hurry,
         )
         self.adapter: MeshManager | None = install_adapter(self) if adapter else None
         # Calls over links (siomesh.links.calls): each part serves its own operations.
@@ -407,7 +422,33 @@ class MeshNode:
             socket = self.local_sids.get(sid)
         if socket is not None and not is_quiet(socket):
             self.stats.bump("drain_calls_cut")
-        return await drop_session(self.engine.eio, sid)
+        return await self.poll_refusals.drop(self.engine.eio, sid)
+
+    async def refuse_dropped_poll(
+        self, scope: Scope, receive: Receive, send: Send, sid: str | None
+    ) -> bool:
+        """Answer a poll or an upgrade of a polling session being dropped at drain
+        (:class:`~siomesh.sessions.PollRefusals`) as python-engineio answers one of an unknown
+        session (its client reconnects); True if it did. POSTs are not refused: they carry
+        what the client sent before it learnt; nor is a poll while a call the client sent
+        meanwhile awaits its ack (the poll takes the ack; the next one is refused)."""
+        if sid is None or sid not in self.poll_refusals:
+            return False
+        if scope["type"] == "websocket":
+            self.poll_refusals.refused(sid)
+            await receive()
+            await send({"type": "websocket.close", "code": 1013})
+            return True
+        if scope.get("method") != "GET":
+            return False
+        socket = self.local_sids.get(sid)
+        if socket is not None and awaits_ack(socket):
+            # a call that crossed the drop on the wire awaits its ack: this poll carries it
+            # (not mere broadcasts: in a busy room the client would never be refused)
+            return False
+        self.poll_refusals.refused(sid)
+        await respond(send, 400, b'"Invalid session"', b"text/plain")
+        return True
 
     async def shutdown(self) -> None:
         """Stop the background work; idempotent."""
@@ -457,6 +498,10 @@ class MeshNode:
                 if target is not None:
                     await self.forward(scope, receive, send, target, claim=False)
                     return
+        if self.poll_refusals and await self.refuse_dropped_poll(
+            scope, receive, send, sid_of(scope.get("query_string", b""))
+        ):
+            return
         if scope.get(VIA_KEY) and scope["type"] == "http":
             # The forwarding peer cannot reach this session's owner (a partition between
             # them): forward it there once, if it is a live member that we can reach; never to

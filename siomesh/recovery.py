@@ -247,6 +247,7 @@ class Recovery:
         stats: Stats,
         call_timeout: float,
         keys: SidKeys | None = None,
+        hurry_drop: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.enabled = config.enabled and seam.sio is not None
@@ -261,6 +262,9 @@ class Recovery:
         self._leaving_peers = leaving_peers
         self._timeout = call_timeout
         self.stats = stats
+        #: told the Engine.IO sid of a session still open here whose client is back elsewhere
+        #: (a drain may be holding it open for its late POSTs: siomesh.sessions.PollRefusals)
+        self._hurry: Callable[[str], None] = hurry_drop or (lambda sid: None)
         if keys is None:
             found = getattr(getattr(make_pid, "__self__", None), "keys", None)
             keys = found if isinstance(found, SidKeys) else None
@@ -595,6 +599,9 @@ class Recovery:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._handed.wait(), self._timeout)
         elif pid in self._live and pid not in self.kept:
+            namespace_of, sid_of_pid = self._live[pid]
+            with contextlib.suppress(Exception):  # python-socketio's public manager API
+                self._hurry(self._sio.manager.eio_sid_from_sid(sid_of_pid, namespace_of))
             loop = asyncio.get_running_loop()
             until = loop.time() + HANDOFF_WAIT
             while pid in self._live and pid not in self.kept and loop.time() < until:

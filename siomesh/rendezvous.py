@@ -340,4 +340,3 @@ class Rendezvous:
         with contextlib.suppress(OSError):
             if time.time() - path.stat().st_mtime > 60:
                 path.unlink()
-

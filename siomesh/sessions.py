@@ -13,12 +13,18 @@ error and reconnects with its usual back-off. The server still runs its ``discon
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from engineio import packet as eio_packet
+
 __all__ = [
+    "PollRefusals",
+    "awaits_ack",
+    "count_acks_polled",
     "count_calls_in",
     "count_calls_out",
     "drop_session",
@@ -28,6 +34,14 @@ __all__ = [
 
 #: A session whose client sent nothing for this long has no rhythm to respect: drop it now.
 IDLE = 1.0
+#: How long a polling client being dropped has to poll again (and be refused) after its held
+#: poll was answered; a client that does not is gone or frozen, and is dropped anyway.
+REFUSAL_WAIT = 1.0
+#: After a polling client was refused, how long its POSTs sent before it learnt are still
+#: served (they cross the refusal on the wire). Below a reconnecting client's back-off
+#: (python-socketio's and the JS client's first retry comes 0.5 to 1.5 s later) and below
+#: recovery's wait for a session still open here (``recovery.HANDOFF_WAIT``).
+LATE_POST_GRACE = 0.15
 
 
 async def drop_session(eio: Any, sid: str) -> bool:
@@ -42,6 +56,84 @@ async def drop_session(eio: Any, sid: str) -> bool:
         socket.queue.put_nowait(None)
     eio.sockets.pop(sid, None)
     return True
+
+
+class PollRefusals:
+    """Polling sessions being dropped gracefully (:meth:`drop`): their client's next poll is
+    refused with python-engineio's own ``400``, while POSTs it sent before it learnt are still
+    served. Runs on the server's event loop; not thread-safe."""
+
+    def __init__(self) -> None:
+        #: sid -> set once the client learnt (its poll was refused) or is back elsewhere
+        self._refusing: dict[str, asyncio.Event] = {}
+        self._hurried: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._refusing)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._refusing
+
+    def refused(self, sid: str) -> None:
+        """The caller answered a poll (or an upgrade) of ``sid`` with a refusal."""
+        event = self._refusing.get(sid)
+        if event is not None:
+            event.set()
+
+    def guard_close(self, socket: Any, receive: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Packet-in hook (:mod:`siomesh.engine`): a CLOSE packet from a client whose poll was
+        refused is not a goodbye. The JS client, as it leaves after the refusal, POSTs one;
+        served, it would end the session as a *client* disconnect, which recovery does not
+        keep. It is swallowed here: the session is dropped as a transport error, as planned."""
+
+        async def guarded_receive(pkt: Any) -> Any:
+            if pkt.packet_type == eio_packet.CLOSE and socket.sid in self._refusing:
+                self._refusing[socket.sid].set()  # the client learnt: it is leaving
+                return None
+            return await receive(pkt)
+
+        return guarded_receive
+
+    def hurry(self, sid: str) -> None:
+        """``sid``'s client is back on another node (its recovery asks for the session): it
+        learnt long ago, so drop the session now, with no grace."""
+        if sid in self._refusing:
+            self._hurried.add(sid)
+            self._refusing[sid].set()
+
+    async def drop(self, eio: Any, sid: str) -> bool:
+        """Drop polling session ``sid`` so that nothing its client sent is lost.
+
+        Aborting a polling session at once (:func:`drop_session`) loses any POST the client
+        sent before it learnt: the POST gets ``400`` and python-engineio's client and the JS
+        client do not send its packets again (a chat message said during a drain vanished).
+        Here the held poll is answered with no packets; the client polls again at once and that
+        poll is refused (``400``: the client reconnects, as from an aborted session) unless a
+        call it sent meanwhile awaits its ack (that poll takes the ack); POSTs that crossed
+        the refusal on the wire are served for :data:`LATE_POST_GRACE` more, and only then is
+        the session aborted (at once if the client is already back elsewhere: :meth:`hurry`).
+        Bounded by :data:`REFUSAL_WAIT` + :data:`LATE_POST_GRACE`. A WebSocket session is
+        aborted at once (a WebSocket cannot be closed for writing and still read: uvicorn
+        discards what arrives after its close)."""
+        socket = eio.sockets.get(sid)
+        if socket is None or socket.closed or socket.closing:
+            return False
+        if socket.upgraded or socket.upgrading:
+            return await drop_session(eio, sid)
+        refused = self._refusing[sid] = asyncio.Event()
+        try:
+            with contextlib.suppress(Exception):
+                # the held poll answers with a NOOP (not with no packets: the JS client
+                # reads an empty answer as a parser error and leaves without polling again)
+                socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(refused.wait(), REFUSAL_WAIT)
+            if sid not in self._hurried:
+                await asyncio.sleep(LATE_POST_GRACE)
+        finally:
+            del self._refusing[sid]
+            self._hurried.discard(sid)
+        return await drop_session(eio, sid)
 
 
 def _expects_ack(data: Any) -> bool:
@@ -70,6 +162,8 @@ def _is_ack(data: Any) -> bool:
 def _start_counting(socket: Any) -> None:
     if getattr(socket, "siomesh_calls", None) is None:
         socket.siomesh_calls = 0
+        #: acks queued for the client that no poll has taken yet
+        socket.siomesh_acks_queued = 0
         #: when the client's last packet arrived (monotonic), and the gap before it
         socket.siomesh_last_in = None
         socket.siomesh_gap = None
@@ -100,11 +194,33 @@ def count_calls_out(socket: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:
     _start_counting(socket)
 
     async def counting_send(pkt: Any) -> Any:
-        if pkt.packet_type == 4 and _is_ack(pkt.data) and socket.siomesh_calls > 0:
-            socket.siomesh_calls -= 1
+        if pkt.packet_type == 4 and _is_ack(pkt.data):
+            socket.siomesh_acks_queued += 1
+            if socket.siomesh_calls > 0:
+                socket.siomesh_calls -= 1
         return await send(pkt)
 
     return counting_send
+
+
+def count_acks_polled(socket: Any, poll: Callable[[], Awaitable[list[Any]]]) -> Any:
+    """Poll hook: the acks a poll (or the WebSocket writer) takes for the client are no longer
+    waiting (:func:`awaits_ack`)."""
+    _start_counting(socket)
+
+    async def counting_poll() -> list[Any]:
+        packets = await poll()
+        taken = sum(1 for p in packets if getattr(p, "packet_type", None) == 4 and _is_ack(p.data))
+        if taken:
+            socket.siomesh_acks_queued = max(0, socket.siomesh_acks_queued - taken)
+        return packets
+
+    return counting_poll
+
+
+def awaits_ack(socket: Any) -> bool:
+    """A call of the client has no answer yet, or its answer waits to be polled."""
+    return bool(getattr(socket, "siomesh_calls", 0) or getattr(socket, "siomesh_acks_queued", 0))
 
 
 def is_quiet(socket: Any) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -236,3 +238,60 @@ async def test_siomesh_drain_command_drains_a_node_and_needs_the_secret(
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.disconnect(), 3)
+
+
+async def test_a_poll_sent_before_the_client_learnt_of_the_drain_is_served(
+    cluster: Cluster,
+) -> None:
+    """A polling client's POST that crosses the drain on the wire is served, not refused.
+
+    A raw Engine.IO polling session on the node that drains (HTTP by hand, so that the test
+    sends its POST exactly when a client that has not yet learnt would): its held poll is
+    answered with a NOOP, the POST sent after it (the client's ``say`` to a room) is still
+    served and reaches a member of the room on another node, and only the next poll is
+    refused with ``400`` (the client reconnects). Before, the session was gone as the held
+    poll returned: the POST got ``400`` and the message vanished (python-engineio's and the
+    JS client do not send it again)."""
+    from siomesh.drain_client import drain_node
+
+    victim_url, other_url = cluster.urls[1], cluster.urls[0]
+    room = "drain-raw"
+    heard: asyncio.Queue[Any] = asyncio.Queue()
+    observer = socketio.AsyncClient(reconnection=False)
+    observer.on("said", lambda data: heard.put_nowait(data))
+    await asyncio.wait_for(observer.connect(other_url, transports=["websocket"]), 15)
+    drain: asyncio.Future[Any] | None = None
+    try:
+        assert await observer.call("join", room, timeout=10) is True
+        path = "/socket.io/?EIO=4&transport=polling"
+        async with httpx.AsyncClient(base_url=victim_url, timeout=10) as http:
+            opened = (await http.get(path)).text
+            assert opened.startswith("0"), opened
+            sid = json.loads(opened[1:])["sid"]
+            url = f"{path}&sid={sid}"
+            assert (await http.post(url, content="40")).text == "OK"
+            assert (await http.get(url)).text.startswith("40")
+            assert (await http.post(url, content='421["join","drain-raw"]')).text == "OK"
+            assert (await http.get(url)).text == "431[true]"
+
+            held = asyncio.ensure_future(http.get(url))
+            await asyncio.sleep(0.3)  # the poll is held at the node
+            drain = asyncio.ensure_future(
+                drain_node(victim_url, TEST_SECRET, mesh_path="/_siomesh", timeout=30)
+            )
+            answer = await asyncio.wait_for(held, 15)
+            assert (answer.status_code, answer.text) == (200, "6"), answer.text  # NOOP
+            said = '42["say",{"room":"drain-raw","message":"late"}]'
+            late = await http.post(url, content=said)
+            assert (late.status_code, late.text) == (200, "OK"), late.text
+            refused = await http.get(url)
+            assert refused.status_code == 400, refused.text
+        got = await asyncio.wait_for(heard.get(), 5)
+        assert got == {"room": room, "message": "late"}, got
+        assert heard.empty()
+    finally:
+        if drain is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(drain, 30)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(observer.disconnect(), 3)

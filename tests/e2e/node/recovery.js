@@ -6,7 +6,7 @@
 // room, every broadcast received exactly once and in order. The test compares what each
 // client received with what the others received: the same sequence, with no gap.
 //
-//   node recovery.js URL [CLIENTS] [CUT] [COUNT] [INTERVAL_MS] [CUTS]
+//   node recovery.js URL [CLIENTS] [CUT] [COUNT] [INTERVAL_MS] [CUTS] [TRANSPORTS]
 //
 // CUTS cuts happen, spread over the stream. Prints one JSON object on stdout. Every wait is
 // bounded; the process always exits.
@@ -14,12 +14,14 @@
 
 const { io } = require("socket.io-client");
 
-const [url, clientsArg, cutArg, countArg, intervalArg, cutsArg] = process.argv.slice(2);
+const [url, clientsArg, cutArg, countArg, intervalArg, cutsArg, transportsArg] = process.argv.slice(2);
 const CLIENTS = Number(clientsArg || 10);
 const CUT = Number(cutArg || 5);
 const COUNT = Number(countArg || 60);
 const INTERVAL_MS = Number(intervalArg || 50);
 const CUTS = Number(cutsArg || 1);
+// "polling": every client stays on HTTP long-polling; default: polling, then WebSocket
+const TRANSPORTS = transportsArg ? transportsArg.split(",") : ["polling", "websocket"];
 const WAIT_MS = 15000;
 const ROOM = `recovery-${process.pid}`;
 const TAG = `t${process.pid}`;
@@ -37,6 +39,7 @@ function bounded(promise, ms, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+let sent = 0;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function open(index) {
@@ -44,6 +47,7 @@ function open(index) {
     forceNew: true,
     reconnectionDelay: 100,
     reconnectionDelayMax: 300,
+    transports: TRANSPORTS,
     timeout: WAIT_MS,
   });
   const state = {
@@ -56,10 +60,16 @@ function open(index) {
     offsetsSeen: 0,
     events: [],
   };
-  socket.on("disconnect", (reason) => state.events.push(`disconnect: ${reason}`));
+  // ``sent``: how many "say" the sender had emitted when this happened (diagnostics)
+  socket.on("disconnect", (reason) => {
+    const engine = socket.io.engine;
+    const transport = engine && engine.transport ? engine.transport.name : "none";
+    state.events.push(`disconnect: ${reason} @${sent} (${transport} ${engine ? engine.id : ""})`);
+  });
   socket.on("connect_error", (err) => state.events.push(`connect_error: ${err.message}`));
   socket.io.on("reconnect_failed", () => state.events.push("reconnect_failed"));
   socket.on("connect", () => {
+    state.events.push(`connect @${sent}`);
     state.connects++;
     state.ids.push(socket.id);
     state.recovered.push(socket.recovered);
@@ -92,6 +102,7 @@ async function main() {
     const done = (async () => {
       for (let i = 0; i < COUNT; i++) {
         sender.emit("say", { room: ROOM, message: `${TAG}:${i}` });
+        sent = i + 1;
         await sleep(INTERVAL_MS);
       }
     })();
@@ -122,7 +133,7 @@ async function main() {
         received: s.got.length,
         got: s.got,
         offsetsSeen: s.offsetsSeen,
-        events: s.events.slice(-10),
+        events: s.events.slice(-16),
       });
     }
   } catch (err) {
