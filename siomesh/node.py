@@ -381,6 +381,12 @@ class MeshNode:
                 self.config.node_url,
                 handed,
             )
+        # where a slow stop spends its time (the server's own shutdown comes after this)
+        log.warning(
+            "siomesh node %s drained in %.1f s: stopping",
+            self.config.node_url,
+            self.config.drain_timeout - (deadline - loop.time()),
+        )
 
     def _leaving_peers(self) -> list[str]:
         """Members that announced they leave (a draining node still answers for a while)."""
