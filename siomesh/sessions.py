@@ -84,7 +84,10 @@ class PollRefusals:
         """Packet-in hook (:mod:`siomesh.engine`): a CLOSE packet from a client whose poll was
         refused is not a goodbye. The JS client, as it leaves after the refusal, POSTs one;
         served, it would end the session as a *client* disconnect, which recovery does not
-        keep. It is swallowed here: the session is dropped as a transport error, as planned."""
+        keep. It is swallowed here: the session is dropped as a transport error, as planned.
+        (A client that really says goodbye in that second is dropped the same way: its app's
+        ``disconnect`` handler sees "transport error", and recovery keeps the session until
+        ``max_disconnection``, as for any client that vanished.)"""
 
         async def guarded_receive(pkt: Any) -> Any:
             if pkt.packet_type == eio_packet.CLOSE and socket.sid in self._refusing:
