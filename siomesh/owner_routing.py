@@ -167,7 +167,7 @@ def haproxy_config(nodes: Sequence[Backend], *, listen: str) -> str:
     servers = []
     for index, node in enumerate(nodes, start=1):
         rules.append(f"    # sids of {node.url} start with {node.tag}\n")
-        rules.append(f"    acl sid_node{index} urlp(sid) -m beg {node.tag}\n")
+        rules.append(f"    acl sid_node{index} urlp(sid) -m beg -- {node.tag}\n")
         rules.append(f"    use-server node{index} if sid_node{index}\n")
         servers.append(f"    server node{index} {node.address}\n")
     return (
