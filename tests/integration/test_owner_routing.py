@@ -136,7 +136,7 @@ def test_the_command_prints_what_the_harness_runs() -> None:
     ).stdout  # fmt: skip
     assert out == render("haproxy", backends("s3cret", urls), listen="*:80")
     for node in backends("s3cret", urls):
-        assert f"urlp(sid) -m beg {node.tag}" in out
+        assert f"urlp(sid) -m beg -- {node.tag}" in out
 
 
 @pytest.mark.parametrize(("kind", "shipped"), [("nginx", "nginx-owner.conf"),
