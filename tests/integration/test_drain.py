@@ -20,7 +20,7 @@ import httpx
 import pytest
 import socketio
 
-from siomesh.benchkit.procs import TEST_SECRET, Proc
+from siomesh.benchkit.procs import TEST_SECRET, Proc, stop_all
 from tests.conftest import require_binary
 from tests.harness.balancers import Balancer, start_balancer
 from tests.harness.nodes import start_node, wait_healthy
@@ -66,8 +66,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             wait_healthy(url, proc)
         yield Cluster(urls=urls, procs=procs)
     finally:
-        for proc in procs:
-            proc.stop()
+        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
 
 
 @pytest.fixture

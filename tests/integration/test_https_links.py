@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trustme
 
-from siomesh.benchkit.procs import Proc
+from siomesh.benchkit.procs import Proc, stop_all
 from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
 
@@ -68,8 +68,7 @@ def _start(tmp: Path, *, trust_ca: list[bool]) -> TlsCluster:
         for proc, url in zip(procs, urls, strict=True):
             wait_healthy(url, proc, verify=_trust(ca_file))
     except BaseException:
-        for proc in procs:
-            proc.stop()
+        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
         raise
     return TlsCluster(urls=urls, procs=procs, ca_file=ca_file)
 
@@ -84,8 +83,7 @@ def trusted(tmp_path: Path) -> Iterator[TlsCluster]:
     try:
         yield cluster
     finally:
-        for proc in cluster.procs:
-            proc.stop()
+        stop_all(list(cluster.procs))  # SIGTERM to all at once: the drains overlap
 
 
 async def _handshake_then_forward(cluster: TlsCluster) -> httpx.Response:
@@ -123,5 +121,4 @@ async def test_a_node_that_does_not_trust_the_ca_cannot_link(tmp_path: Path) -> 
         assert status["stats"]["forwarded"] == 0
         await asyncio.sleep(0)
     finally:
-        for proc in cluster.procs:
-            proc.stop()
+        stop_all(list(cluster.procs))  # SIGTERM to all at once: the drains overlap

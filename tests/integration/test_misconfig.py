@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from siomesh.benchkit.procs import TEST_SECRET, Proc
+from siomesh.benchkit.procs import TEST_SECRET, Proc, stop_all
 from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
 
@@ -54,8 +54,7 @@ def _running(*procs: Proc) -> Iterator[None]:
     try:
         yield
     finally:
-        for proc in procs:
-            proc.stop()
+        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
 
 
 def test_different_secrets_are_reported_on_both_sides(tmp_path: Path) -> None:

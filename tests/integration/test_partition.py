@@ -24,7 +24,7 @@ import httpx
 import pytest
 import socketio
 
-from siomesh.benchkit.procs import Proc
+from siomesh.benchkit.procs import Proc, stop_all
 from tests.conftest import require_binary
 from tests.harness.balancers import start_balancer
 from tests.harness.callers import steady_caller
@@ -102,8 +102,7 @@ def _start(tmp: Path, env: dict[str, str]) -> tuple[list[str], list[int], list[P
         for url, proc in zip(urls, procs, strict=True):
             wait_healthy(url, proc)
     except BaseException:
-        for proc in procs:
-            proc.stop()
+        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
         raise
     return urls, ports, procs
 
@@ -243,8 +242,7 @@ async def test_polling_clients_are_back_at_once_after_a_heal(firewall: str, tmp_
         for task in tasks:
             task.cancel()
         lb.stop()
-        for proc in procs:
-            proc.stop()
+        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
 
 
 def _stat(url: str, key: str) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from siomesh.benchkit.procs import Proc
+from siomesh.benchkit.procs import Proc, stop_all
 from tests.conftest import require_binary
 from tests.e2e import NODE_DIR, node_client
 from tests.harness.balancers import Balancer, start_balancer
@@ -81,8 +81,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     finally:
         if lb is not None:
             lb.stop()
-        for proc in made.procs if made is not None else procs:
-            proc.stop()
+        stop_all(
+            list(made.procs if made is not None else procs)
+        )  # SIGTERM to all at once: the drains overlap
 
 
 async def _run_clients(
