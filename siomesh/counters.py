@@ -188,6 +188,12 @@ COUNTERS: Mapping[str, Counter] = _declare(
     Counter("recovery_replayed", _N, "events replayed to recovered sessions"),
     Counter("recovery_expired", _N, "kept sessions that expired unclaimed"),
     Counter("recovery_handed_off", _N, "kept sessions handed to a peer at drain"),
+    Counter(
+        "recovery_handoff_failed",
+        _N,
+        "kept sessions no peer adopted in time at drain (their clients reconnect unrecovered)",
+        fault=True,
+    ),
     Counter("recovery_forged_pids", _N, "recovery requests whose pid does not verify", fault=True),
     Counter("recovery_refused", _N, "kept sessions not given (bad offset, other namespace): kept"),
     Counter("recovery_fetches_sent", _N, "recovery calls this node sent to peers"),

@@ -41,8 +41,11 @@ def drain_on_sigterm(node: MeshNode) -> bool:
     task: asyncio.Task[None] | None = None
 
     async def drain_then_stop(signum: int, frame: FrameType | None) -> None:
+        bound = node.config.drain_timeout + 1.0
         try:
-            await asyncio.wait_for(node.drain(), node.config.drain_timeout + 1.0)
+            await asyncio.wait_for(node.drain(), bound)
+        except asyncio.TimeoutError:
+            log.warning("siomesh drain did not end within %.1f s; stopping anyway", bound)
         except Exception:
             log.exception("siomesh drain failed; stopping anyway")
         assert callable(original)

@@ -83,6 +83,9 @@ log = logging.getLogger("siomesh")
 #: How long before a draining node stops listening it releases the long-polls it holds for
 #: other nodes' sessions (at most a third of ``drain_timeout``).
 RELEASE_BEFORE_EXIT = 1.0
+#: The least time a drain gives a hand-off of kept sessions (the last one comes when the drain's
+#: own time is up; the SIGTERM handler allows ``drain_timeout`` + 1 s in all)
+HANDOFF_FINAL = 0.75
 
 
 def sid_of(query_string: bytes) -> str | None:
@@ -351,8 +354,9 @@ class MeshNode:
         dropped = sum(results)
         self.stats.bump("drained_sessions", dropped)
         # their clients reconnect elsewhere now: hand the sessions kept for recovery to a
-        # peer at once (this node answers for them meanwhile, and points to that peer after)
-        await self.recovery.hand_off()
+        # peer at once (this node answers for them meanwhile, and points to that peer after),
+        # within what is left of the drain
+        await self.recovery.hand_off(bound=max(HANDOFF_FINAL, deadline - loop.time()))
         log.warning(
             "siomesh node %s drained: %d sessions handed over; forwarding to peers for %.1f s "
             "more, then stopping",
@@ -374,7 +378,7 @@ class MeshNode:
             if late:
                 await asyncio.gather(*(drop_session(self.engine.eio, sid) for sid in late))
         self.release_polls.set()
-        handed = await self.recovery.hand_off()
+        handed = await self.recovery.hand_off(bound=HANDOFF_FINAL)
         if handed:
             log.warning(
                 "siomesh node %s: %d sessions kept for recovery handed to a peer",

@@ -864,10 +864,13 @@ class Recovery:
             )
         return {"adopted": count}
 
-    async def hand_off(self) -> int:
+    async def hand_off(self, bound: float | None = None) -> int:
         """Give every kept session, the log and the pointers to a live peer (drain): the
-        first of :func:`successors` of this node that accepts. The number of sessions handed.
-        Calls for the sessions being handed meanwhile wait for the outcome."""
+        first of :func:`successors` of this node that accepts, all tries within ``bound``
+        seconds (default: ``call_timeout`` per peer). The number of sessions handed. Calls for
+        the sessions being handed meanwhile wait for the outcome. When no peer takes them,
+        they stay kept here, and a WARNING and ``recovery_handoff_failed`` say so (if this
+        node exits, their clients reconnect unrecovered)."""
         if not self.enabled or not (self.kept or self.adopters):
             return 0
         now = self._loop_time()
@@ -877,7 +880,7 @@ class Recovery:
         self._handing.update(handing)
         done = self._handed = asyncio.Event()
         try:
-            peer = await self._hand(handing, now)
+            peer = await self._hand(handing, now, bound)
         finally:
             for pid in handing:
                 self._handing.pop(pid, None)
@@ -885,8 +888,12 @@ class Recovery:
         if peer is None:
             if handing:
                 log.warning(
-                    "siomesh: no peer adopted the %d sessions kept for recovery", len(handing)
+                    "siomesh: no peer adopted the %d sessions kept for recovery%s; if this "
+                    "node stops, their clients reconnect as new sessions",
+                    len(handing),
+                    "" if bound is None else f" within {bound:.1f} s",
                 )
+                self.stats.bump("recovery_handoff_failed", len(handing))
             # still here: kept as before, oldest first (those kept meanwhile are newer)
             meanwhile = list(self.kept.items())
             self.kept.clear()
@@ -898,8 +905,11 @@ class Recovery:
         self.stats.bump("recovery_handed_off", len(handing))
         return len(handing)
 
-    async def _hand(self, handing: dict[str, Kept], now: float) -> str | None:
-        """Send ``handing`` and the pointers to the first peer that takes them; that peer."""
+    async def _hand(self, handing: dict[str, Kept], now: float, bound: float | None) -> str | None:
+        """Send ``handing`` and the pointers to the first peer that takes them, within
+        ``bound`` seconds in all; that peer."""
+        loop = asyncio.get_running_loop()
+        until = None if bound is None else loop.time() + bound
         # sessions grouped by the log their missed events come from: this node's own, or
         # one it adopted from a node drained earlier
         groups: dict[int, tuple[Kept, list[list[Any]]]] = {}
@@ -920,8 +930,13 @@ class Recovery:
         for peer in successors(self._url, self._live_peers()):
             pointers = [[pid, url] for pid, url in self.adopters.items() if url != peer]
             body = json.dumps({"groups": groups_wire, "pointers": pointers}).encode()
+            timeout = self._timeout
+            if until is not None:
+                timeout = min(timeout, until - loop.time())
+                if timeout <= 0:
+                    break
             try:
-                await self._links.calls.call(peer, ADOPT_CALL, body, timeout=self._timeout)
+                await self._links.calls.call(peer, ADOPT_CALL, body, timeout=timeout)
             except (LinkUnavailable, LinkClosed, asyncio.TimeoutError, CallFailed):
                 continue
             return peer

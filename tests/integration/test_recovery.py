@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -410,3 +411,38 @@ async def test_a_wrong_offset_leaves_the_session_recoverable(mesh: MeshCluster) 
     assert _sums(mesh, "recovered") == recovered + 1
     await back.leave()
     await other.leave()
+
+
+async def test_a_drain_whose_peers_do_not_answer_still_ends_in_bounded_time(
+    cluster: Cluster,
+) -> None:
+    """A node that drains while both its peers are frozen (SIGSTOP: alive for gossip a while
+    longer, answering nothing) cannot hand its kept sessions over. Its hand-off tries within
+    what is left of the drain (at least :data:`~siomesh.node.HANDOFF_FINAL`), then says so
+    (a WARNING, ``recovery_handoff_failed``), and the node exits in about ``drain_timeout``.
+    Before, the hand-off waited ``request_timeout`` (15 s) per successor, until the SIGTERM
+    handler's bound cut the whole drain off with a traceback and no word of the sessions."""
+    client = await RawClient.open(cluster.urls[0])
+    await client.cut()  # the node keeps the session for recovery
+    await asyncio.sleep(0.3)
+    frozen = cluster.procs[1:]
+    victim = cluster.procs[0]
+    try:
+        for proc in frozen:
+            proc.popen.send_signal(signal.SIGSTOP)
+        began = time.monotonic()
+        victim.terminate()
+        for _ in range(800):  # bounded: 40 s
+            if not victim.alive():
+                break
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - began
+    finally:
+        for proc in frozen:
+            with contextlib.suppress(Exception):
+                proc.popen.send_signal(signal.SIGCONT)
+    assert not victim.alive(), victim.log_tail()
+    log = victim.log_tail()
+    assert "no peer adopted the 1 sessions kept for recovery" in log, log
+    # drain_timeout 3 s (+ 1 s at most), the server's own shutdown: well under 10 s
+    assert took < 10.0, (took, log)

@@ -272,7 +272,7 @@ async def test_a_call_during_a_hand_off_waits_for_it_then_points_to_the_adopter(
     keep(draining, pid, ["t.1"])
     release = asyncio.Event()
 
-    async def hand(handing: dict[str, Kept], now: float) -> str | None:
+    async def hand(handing: dict[str, Kept], now: float, bound: float | None) -> str | None:
         assert pid in handing and pid not in draining.kept
         await release.wait()
         return C
@@ -296,7 +296,7 @@ async def test_a_failed_hand_off_keeps_every_session_in_order() -> None:
     keep(draining, first, ["t.1"])
     keep(draining, second, ["t.1"])
 
-    async def hand(handing: dict[str, Kept], now: float) -> str | None:
+    async def hand(handing: dict[str, Kept], now: float, bound: float | None) -> str | None:
         keep(draining, meanwhile, ["t.1"])  # kept while the hand-off was in flight
         return None
 
