@@ -311,7 +311,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-procs",
         type=_count,
         default=None,
-        help="client processes for scale/latency (default: one per 250 clients, at most 8)",
+        help="client processes for scale/latency (default: scale one per 250 clients, latency "
+        "one per 75 receivers and at least 2; at most 8)",
     )
     parser.add_argument(
         "--workloads",

@@ -78,7 +78,21 @@ class LatencyParams:
     connect_timeout: float = 30.0
     call_timeout: float = 30.0
     delivery_wait: float = 60.0
+    #: client processes; None: one per :data:`RECEIVERS_PER_PROCESS` receivers (2 to 8)
     processes: int | None = None
+
+
+#: Receivers per client process in the latency scenario. With one process for 150 receivers
+#: the burst figure measured the client: two processes raised both setups' burst rate by 1.3 to
+#: 1.7x, four raised it no further (docs/benchmark.md, "latency").
+RECEIVERS_PER_PROCESS = 75
+
+
+def latency_processes(params: LatencyParams) -> int:
+    """The client processes a latency run uses (see :data:`RECEIVERS_PER_PROCESS`)."""
+    if params.processes is not None:
+        return params.processes
+    return max(2, min(8, math.ceil(params.receivers / RECEIVERS_PER_PROCESS)))
 
 
 @dataclass
@@ -303,7 +317,7 @@ async def _latency_setup(kind: str, params: LatencyParams, workdir: Path) -> Out
     fleet = Fleet(
         members,
         room=ROOM,
-        processes=params.processes,
+        processes=latency_processes(params),
         connect_timeout=params.connect_timeout,
         call_timeout=params.call_timeout,
     )
