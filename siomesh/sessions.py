@@ -110,7 +110,7 @@ class PollRefusals:
         Aborting a polling session at once (:func:`drop_session`) loses any POST the client
         sent before it learnt: the POST gets ``400`` and python-engineio's client and the JS
         client do not send its packets again (a chat message said during a drain vanished).
-        Here the held poll is answered with no packets; the client polls again at once and that
+        Here the held poll is answered with a NOOP; the client polls again at once and that
         poll is refused (``400``: the client reconnects, as from an aborted session) unless a
         call it sent meanwhile awaits its ack (that poll takes the ack); POSTs that crossed
         the refusal on the wire are served for :data:`LATE_POST_GRACE` more, and only then is
@@ -213,8 +213,12 @@ def count_acks_polled(socket: Any, poll: Callable[[], Awaitable[list[Any]]]) -> 
 
     async def counting_poll() -> list[Any]:
         packets = await poll()
-        taken = sum(1 for p in packets if getattr(p, "packet_type", None) == 4 and _is_ack(p.data))
-        if taken:
+        # Every poll and WebSocket write passes here: scan only when an ack is queued (every
+        # queued ack was counted on its way in), so broadcasts pay one attribute read.
+        if socket.siomesh_acks_queued:
+            taken = sum(
+                1 for p in packets if getattr(p, "packet_type", None) == 4 and _is_ack(p.data)
+            )
             socket.siomesh_acks_queued = max(0, socket.siomesh_acks_queued - taken)
         return packets
 
