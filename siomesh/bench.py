@@ -131,6 +131,8 @@ def _run_scenario(
         for workload in workloads:
             cpu_before = _cpu(cluster)
             forwarded_before = cluster.total("forwarded") if mesh else 0
+            frames_before = cluster.total("link_frames_sent") if mesh else 0
+            messages_before = cluster.total("link_messages_sent") if mesh else 0
             started = time.monotonic()
             result = asyncio.run(
                 load.run_load(
@@ -146,6 +148,10 @@ def _run_scenario(
             wall = time.monotonic() - started
             cpu = _cpu(cluster) - cpu_before
             forwarded = cluster.total("forwarded") - forwarded_before if mesh else 0
+            if mesh:
+                frames = cluster.total("link_frames_sent") - frames_before
+                messages = cluster.total("link_messages_sent") - messages_before
+                _progress(f"  link frames {frames} in {messages} messages")
             done = result.completed_round_trips
             rps = done / result.wall_time if result.wall_time else 0.0
             cell = Cell(

@@ -149,6 +149,11 @@ COUNTERS: Mapping[str, Counter] = _declare(
         fault=True,
     ),
     Counter("link_frames_sent", _N, "frames sent on peer links"),
+    Counter(
+        "link_messages_sent",
+        _N,
+        "WebSocket messages sent on peer links (a BATCH carries several frames in one)",
+    ),
     Counter("link_frames_received", _N, "frames received on peer links"),
     Counter("link_bytes_sent", _N, "payload bytes sent on peer links"),
     Counter("link_bytes_received", _N, "bytes received on peer links"),

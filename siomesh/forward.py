@@ -48,7 +48,7 @@ from .links.frames import (
     encode_data,
     encode_meta_body,
 )
-from .links.link import RELEASE, Link, LinkClosed, Stream
+from .links.link import RELEASE, Link, LinkClosed, Stream, StreamInterrupted
 from .links.pool import LinkPool, LinkUnavailable
 from .orphans import ORPHANED
 
@@ -188,6 +188,8 @@ def forwarded_headers(
 
 #: marker answer of a held poll released because this node is draining
 _RELEASED: tuple[FrameType, bytes] = (FrameType.CANCEL, b"released")
+#: why a held poll's wait ended: its client left
+_LEFT = "left"
 
 
 def _noop_allowed(scope: Scope) -> bool:
@@ -244,6 +246,8 @@ class Forwarder:
         self._poll_timeout = poll_timeout
         self._request_timeout = request_timeout
         self.stats = stats
+        self._held: set[Stream] = set()
+        self._release_watch: asyncio.Future[None] | None = None
 
     async def _link(self, target: str) -> Link:
         # Forwarding targets are live members (routing checked): a backoff after an earlier
@@ -332,26 +336,47 @@ class Forwarder:
     ) -> tuple[FrameType, bytes] | None:
         """A long-poll's answer; None when the client left first (it can be held up to
         ``ping_interval + ping_timeout``, so the client's departure is watched); ``_RELEASED``
-        when this node started draining first."""
-        answer = asyncio.ensure_future(stream.next(self._poll_timeout))
+        when this node started draining first.
+
+        One task per held poll (the client's ``receive``); the answer is awaited here and the
+        drain's release reaches every held stream from one watcher (:meth:`_watch_release`):
+        a forwarded long-poll is the hop's most frequent request.
+        """
         # The body is read: the only message receive() can still give is a disconnect.
         left = asyncio.ensure_future(receive())
-        released = asyncio.ensure_future(self._release.wait())
+
+        def client_left(task: asyncio.Future[Message]) -> None:
+            released = (
+                not task.cancelled()
+                and task.exception() is None
+                and bool(task.result().get(RELEASED_KEY))
+            )
+            # a request forwarded to us whose forwarder released it (it drains): release it
+            # here too, and relay the owner's answer back
+            stream.interrupt(_RELEASED if released else _LEFT)
+
+        left.add_done_callback(client_left)
+        self._held.add(stream)
+        if self._release.is_set():
+            stream.interrupt(_RELEASED)
+        elif self._release_watch is None:
+            self._release_watch = asyncio.ensure_future(self._watch_release())
         try:
-            await asyncio.wait((answer, left, released), return_when=asyncio.FIRST_COMPLETED)
+            return await stream.next(self._poll_timeout)
+        except StreamInterrupted as exc:
+            return _RELEASED if exc.args[0] is _RELEASED else None
         finally:
-            for task in (answer, left, released):
-                if not task.done():
-                    task.cancel()
-        if answer.done() and not answer.cancelled():
-            return answer.result()
-        if released.done() and not released.cancelled():
-            return _RELEASED
-        if left.done() and not left.cancelled() and left.result().get(RELEASED_KEY):
-            # this request was itself forwarded to us, and its forwarder released it (it
-            # drains): release it here too, and relay the owner's answer back
-            return _RELEASED
-        return None
+            self._held.discard(stream)
+            left.remove_done_callback(client_left)
+            if not left.done():
+                left.cancel()
+
+    async def _watch_release(self) -> None:
+        """Release every held long-poll when this node starts draining (and later ones at
+        once: :meth:`_held_answer` checks)."""
+        await self._release.wait()
+        for stream in list(self._held):
+            stream.interrupt(_RELEASED)
 
     async def forward_websocket(
         self, scope: Scope, receive: Receive, send: Send, target: str, reason: str = ""

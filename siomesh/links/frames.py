@@ -4,6 +4,14 @@ A link carries binary WebSocket messages; each message is one *frame*::
 
     type (u8) | stream (u32) | seq (u64) | payload | mac (16 bytes)
 
+or one ``BATCH`` frame (type 1, stream 0) whose payload is several frames without their own
+``seq`` and ``mac``, each ``type (u8) | stream (u32) | length (u32) | payload``: the writer sends
+what was queued in one event-loop turn as one message, sealed once (one MAC, one WebSocket
+message, one wake-up of the reader instead of one each). The inner frames are covered by the
+batch's MAC and sequence number, so a batch is replay- and forgery-proof as a whole; an inner
+frame may not itself be a batch. A node sends batches only to a peer that said it reads them
+(:data:`~siomesh.links.handshake.HEADER_FEATURES`), so nodes of releases without them still link.
+
 * ``seq`` counts the frames one side has sent on this link, from 1, with no gaps. The receiver
   accepts only the next number it expects, so a frame replayed on the same link (later, or
   twice) is refused.
@@ -37,11 +45,13 @@ __all__ = [
     "FrameType",
     "RequestMeta",
     "ResponseMeta",
+    "decode_batch",
     "decode_close",
     "decode_data",
     "decode_meta_body",
     "decode_u32",
     "decode_u64_pair",
+    "encode_batch",
     "encode_close",
     "encode_data",
     "encode_meta_body",
@@ -57,6 +67,8 @@ _U32 = struct.Struct(">I")
 _U64_PAIR = struct.Struct(">QQ")
 _CLOSE = struct.Struct(">H")
 _MIN_FRAME = HEADER.size + MAC_BYTES
+#: one frame inside a ``BATCH``: type, stream, payload length
+INNER = struct.Struct(">BII")
 
 
 class FrameError(ValueError):
@@ -64,6 +76,8 @@ class FrameError(ValueError):
 
 
 class FrameType(enum.IntEnum):
+    #: either way: several frames in one message (see the module docstring); stream 0
+    BATCH = 1
     #: dialler -> acceptor: a forwarded HTTP request (meta + body), to be answered once
     REQUEST = 10
     #: acceptor -> dialler: the answer to a REQUEST (meta + body)
@@ -120,6 +134,38 @@ def open_frame(key: bytes, data: bytes, expected_seq: int) -> tuple[FrameType, i
     if kind not in _KNOWN_TYPES:
         raise FrameError(f"unknown frame type {kind}")
     return FrameType(kind), stream, head[HEADER.size :]
+
+
+def encode_batch(frames: list[tuple[int, int, bytes]]) -> bytes:
+    """The payload of a ``BATCH`` frame holding ``frames`` (``(type, stream, payload)``)."""
+    parts: list[bytes] = []
+    pack = INNER.pack
+    for kind, stream, payload in frames:
+        parts.append(pack(kind, stream, len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def decode_batch(payload: bytes) -> list[tuple[FrameType, int, bytes]]:
+    """The frames of a ``BATCH`` payload, in order. Raises :class:`FrameError` for a truncated
+    frame, an unknown type, or a batch inside a batch."""
+    frames: list[tuple[FrameType, int, bytes]] = []
+    offset = 0
+    end = len(payload)
+    unpack = INNER.unpack_from
+    size = INNER.size
+    while offset < end:
+        if end - offset < size:
+            raise FrameError("truncated frame header in a batch")
+        kind, stream, length = unpack(payload, offset)
+        offset += size
+        if length > end - offset:
+            raise FrameError("truncated frame in a batch")
+        if kind not in _KNOWN_TYPES or kind == FrameType.BATCH:
+            raise FrameError(f"frame type {kind} inside a batch")
+        frames.append((FrameType(kind), stream, payload[offset : offset + length]))
+        offset += length
+    return frames
 
 
 # -- payload helpers ---------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 __all__ = [
+    "FEATURE_BATCH",
+    "HEADER_FEATURES",
     "HEADER_FROM",
     "HEADER_GENERATION",
     "HEADER_KIND",
@@ -50,6 +52,12 @@ HEADER_GENERATION = "x-siomesh-generation"
 HEADER_NONCE = "x-siomesh-nonce"
 HEADER_TIME = "x-siomesh-time"
 HEADER_SIGNATURE = "x-siomesh-signature"
+#: What the dialler can read beyond single frames (comma-separated; unsigned: a peer that
+#: strips it only makes the link send single frames). The acceptor answers with an empty
+#: ``BATCH`` frame as its first frame when it reads batches too, so that both directions batch
+#: only between nodes that both have them; older nodes ignore the header.
+HEADER_FEATURES = "x-siomesh-features"
+FEATURE_BATCH = "batch"
 
 #: ``control``: gossip, calls and their replies; ``data``: forwarded requests, relayed
 #: WebSockets and adapter messages. Separate connections, so control never waits behind data.

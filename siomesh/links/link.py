@@ -6,7 +6,10 @@ Contract:
   returns False (nothing queued) when the link is closed or its outbound buffer already holds
   ``max_buffer`` bytes. Frames leave in the order they were queued; the writer numbers and seals
   them (:func:`~siomesh.links.frames.seal_frame`) as it writes, so the numbering is the wire
-  order.
+  order. When several frames are queued by the time the writer runs (under load: everything
+  queued in one event-loop turn), and the peer reads batches (``batching``), they leave as one
+  ``BATCH`` message, up to ``BATCH_BYTES``: one MAC, one WebSocket message and one wake-up of
+  the peer's reader for all of them. Order and contents are the same either way.
 * The reader (:meth:`Link.run`) verifies every frame (MAC, sequence); any failure closes the
   link with a protocol error (WebSocket code 1002) and counts it. Frames of a stream go to that
   stream; frames that open a stream (request, WebSocket open, call: only the dialler may send
@@ -35,7 +38,9 @@ from .frames import (
     FrameError,
     FrameType,
     ResponseMeta,
+    decode_batch,
     decode_u32,
+    encode_batch,
     encode_close,
     encode_meta_body,
     encode_u32,
@@ -43,7 +48,7 @@ from .frames import (
     seal_frame,
 )
 
-__all__ = ["Dispatcher", "Link", "LinkClosed", "Stream"]
+__all__ = ["Dispatcher", "Link", "LinkClosed", "Stream", "StreamInterrupted"]
 
 log = logging.getLogger("siomesh.links")
 
@@ -67,6 +72,8 @@ _STREAM_ONLY = frozenset(
         FrameType.REPLY,
     }
 )
+#: At most this many payload bytes go in one ``BATCH`` message (a larger frame goes alone).
+BATCH_BYTES = 256 * 1024
 #: Close codes (RFC 6455): protocol error, going away.
 PROTOCOL_ERROR = 1002
 GOING_AWAY = 1001
@@ -105,6 +112,15 @@ class StreamReleased(LinkClosed):
     afterwards is not lost."""
 
 
+class StreamInterrupted(Exception):
+    """:meth:`Stream.next` was interrupted (:meth:`Stream.interrupt`); ``args[0]`` says why."""
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
+
+
 #: ``CANCEL`` payload: end the exchange now, the answer is still read (see StreamReleased).
 RELEASE = b"release"
 
@@ -135,8 +151,9 @@ class Stream:
         "_credit_event",
         "_ended",
         "_error",
+        "_interrupt",
         "_items",
-        "_ready",
+        "_waiter",
         "answered",
         "consumed",
         "credit",
@@ -151,7 +168,9 @@ class Stream:
         self.link = link
         self.id = stream_id
         self._items: deque[tuple[FrameType, bytes]] = deque()
-        self._ready = asyncio.Event()
+        # the future next() awaits (no Event, no Task: a forwarded request pays for each)
+        self._waiter: asyncio.Future[None] | None = None
+        self._interrupt: object = None
         self._error: BaseException | None = None
         # Made on first use: most streams are one request and one answer, which need neither
         # (every forwarded request pays for what is built here).
@@ -179,14 +198,27 @@ class Stream:
                 self._credit_event.set()
             return
         self._items.append((kind, payload))
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def interrupt(self, reason: object) -> None:
+        """Make a pending (or the next) :meth:`next` that has no frame to give raise
+        :class:`StreamInterrupted` with ``reason``, once (until it raises, the first reason
+        given wins); frames already here are still given first."""
+        if self._interrupt is None:
+            self._interrupt = reason
+        self._wake()
 
     def fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
         if self._ended is not None:
             self._ended.set()
-        self._ready.set()
+        self._wake()
         if self._credit_event is not None:
             self._credit_event.set()
 
@@ -201,15 +233,26 @@ class Stream:
 
     async def next(self, timeout: float | None = None) -> tuple[FrameType, bytes]:
         """The next frame of this stream, in order. Raises :class:`LinkClosed` when the link
-        closed first, :class:`asyncio.TimeoutError` after ``timeout`` seconds."""
+        closed first, :class:`StreamInterrupted` after :meth:`interrupt`,
+        :class:`asyncio.TimeoutError` after ``timeout`` seconds. One reader at a time."""
+        if self._items:
+            return self._items.popleft()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while not self._items:
             if self._error is not None:
                 raise LinkClosed(str(self._error))
-            self._ready.clear()
-            if timeout is None:
-                await self._ready.wait()
-            else:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+            if self._interrupt is not None:
+                reason, self._interrupt = self._interrupt, None
+                raise StreamInterrupted(reason)
+            waiter = self._waiter = loop.create_future()
+            timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         return self._items.popleft()
 
     def send(self, kind: FrameType, payload: bytes) -> bool:
@@ -263,6 +306,8 @@ class Link:
         dispatcher: Dispatcher,
         max_buffer: int,
         stats: Stats,
+        batching: bool = False,
+        announce_batching: bool = False,
     ) -> None:
         self.peer = peer
         self.kind = kind
@@ -285,6 +330,10 @@ class Link:
         self._next_stream = 1
         self.closed = asyncio.Event()
         self.close_reason = ""
+        #: whether the peer reads ``BATCH`` frames (the dialler learns it from the acceptor's
+        #: first frame; the acceptor from the dialler's offer)
+        self.batching = batching
+        self._announce = announce_batching
         self._writer = asyncio.ensure_future(self._write_loop())
 
     def __repr__(self) -> str:
@@ -325,22 +374,40 @@ class Link:
         return stream
 
     async def _write_loop(self) -> None:
+        out = self._out
         try:
+            if self._announce:
+                # the acceptor's first frame: an empty batch says "I read batches too"
+                await self._seal_and_write(FrameType.BATCH, 0, b"", 0)
             while True:
-                while not self._out:
+                while not out:
                     self._wake.clear()
                     await self._wake.wait()
-                kind, stream, payload = self._out.popleft()
+                kind, stream, payload = out.popleft()
                 self._buffered -= len(payload)
-                self._send_seq += 1
-                frame = seal_frame(self._send_key, kind, stream, self._send_seq, payload)
-                await self._write(frame)
-                self.stats.bump("link_frames_sent")
-                self.stats.bump("link_bytes_sent", len(frame))
+                if not out or not self.batching:
+                    await self._seal_and_write(kind, stream, payload, 1)
+                    continue
+                frames = [(kind, stream, payload)]
+                size = len(payload)
+                while out and size + len(out[0][2]) <= BATCH_BYTES:
+                    frame = out.popleft()
+                    frames.append(frame)
+                    size += len(frame[2])
+                    self._buffered -= len(frame[2])
+                await self._seal_and_write(FrameType.BATCH, 0, encode_batch(frames), len(frames))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await self.shutdown(GOING_AWAY, f"write failed: {exc!r}")
+
+    async def _seal_and_write(self, kind: int, stream: int, payload: bytes, count: int) -> None:
+        self._send_seq += 1
+        frame = seal_frame(self._send_key, kind, stream, self._send_seq, payload)
+        await self._write(frame)
+        self.stats.bump("link_frames_sent", count)
+        self.stats.bump("link_messages_sent")
+        self.stats.bump("link_bytes_sent", len(frame))
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -379,6 +446,17 @@ class Link:
     def _receive(self, data: bytes) -> None:
         kind, stream_id, payload = open_frame(self._recv_key, data, self._recv_seq + 1)
         self._recv_seq += 1
+        if kind is FrameType.BATCH:
+            if stream_id != 0:
+                raise FrameError("BATCH frame on a stream")
+            if self.dialler:
+                self.batching = True  # the acceptor reads batches (its first frame says so)
+            for inner_kind, inner_stream, inner_payload in decode_batch(payload):
+                self._dispatch(inner_kind, inner_stream, inner_payload)
+            return
+        self._dispatch(kind, stream_id, payload)
+
+    def _dispatch(self, kind: FrameType, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             callback = self._dispatcher.callbacks.get(kind)
             if callback is None:

@@ -41,6 +41,8 @@ from ..ratelimit import RateLimitedLog
 from .calls import Calls
 from .frames import FrameError, FrameType
 from .handshake import (
+    FEATURE_BATCH,
+    HEADER_FEATURES,
     LINK_KINDS,
     HandshakeError,
     LinkSecret,
@@ -271,7 +273,10 @@ class LinkPool:
             ws = await asyncio.wait_for(
                 self._client().ws_connect(
                     url,
-                    headers=self.secret.offer_headers(offer),
+                    headers={
+                        **self.secret.offer_headers(offer),
+                        HEADER_FEATURES: FEATURE_BATCH,
+                    },
                     heartbeat=self.heartbeat,
                     max_msg_size=self.max_frame,
                     compress=0,
@@ -417,6 +422,7 @@ class LinkPool:
                 await send({"type": "websocket.close", "code": 1008})
             return
         recv_key, send_key = self.secret.link_keys(offer, nonce)
+        batching = FEATURE_BATCH in headers.get(HEADER_FEATURES, "").split(",")
 
         async def write(data: bytes) -> None:
             await send({"type": "websocket.send", "bytes": data})
@@ -438,6 +444,8 @@ class LinkPool:
             kind=offer.kind,
             dialler=False,
             peer_generation=offer.generation,
+            batching=batching,
+            announce_batching=batching,
             send_key=send_key,
             recv_key=recv_key,
             write=write,

@@ -163,10 +163,7 @@ def start_server(
     variables.update(env or {})
     argv = [
         sys.executable,
-        *(
-            a.format(app=app, workers=workers, port=port)
-            for a in KINDS[kind]
-        ),
+        *(a.format(app=app, workers=workers, port=port) for a in KINDS[kind]),
         *extra,
     ]
     proc = start_process(

@@ -12,11 +12,19 @@ from siomesh.links.frames import (
     decode_close,
     decode_meta_body,
     decode_u32,
+    encode_batch,
     encode_meta_body,
     encode_u32,
     seal_frame,
 )
-from siomesh.links.link import GOING_AWAY, PROTOCOL_ERROR, Dispatcher, LinkClosed, Stream
+from siomesh.links.link import (
+    GOING_AWAY,
+    PROTOCOL_ERROR,
+    Dispatcher,
+    LinkClosed,
+    Stream,
+    StreamInterrupted,
+)
 
 from .memlinks import KEY_D2A, LinkPair
 
@@ -466,3 +474,85 @@ async def test_every_stream_gets_an_answer(
         else:
             assert decode_close(payload)[0] == 1011
         assert pair.acceptor.stats.get("link_handler_errors", 0) == (1 if fails else 0)
+
+
+async def test_batches_carry_queued_frames_in_order_both_ways() -> None:
+    async with LinkPair(batching=True) as pair:
+        to_acceptor = recorder(pair.acceptor_dispatcher, FrameType.GOSSIP)
+        to_dialler = recorder(pair.dialler_dispatcher, FrameType.GOSSIP)
+        # the dialler learns from the acceptor's first frame (an empty batch) that it reads them
+        await until(lambda: pair.dialler.batching)
+        for i in range(500):  # queued in one event-loop turn: they leave in few messages
+            assert pair.dialler.send(FrameType.GOSSIP, 0, b"d%d" % i)
+            assert pair.acceptor.send(FrameType.GOSSIP, 0, b"a%d" % i)
+        await until(lambda: len(to_acceptor) == 500 and len(to_dialler) == 500)
+        assert to_acceptor == [b"d%d" % i for i in range(500)]
+        assert to_dialler == [b"a%d" % i for i in range(500)]
+        assert pair.dialler_stats["link_frames_sent"] == 500
+        assert pair.dialler_stats["link_messages_sent"] == len(pair.wire_to_acceptor)
+        assert len(pair.wire_to_acceptor) < 10
+        assert pair.acceptor.buffered == 0 and pair.dialler.buffered == 0
+        assert pair.dialler.is_open and pair.acceptor.is_open
+
+
+async def test_streams_work_inside_batches() -> None:
+    acceptor_dispatcher = Dispatcher()
+
+    async def echo(link: object, stream: Stream, payload: bytes) -> None:
+        stream.send(FrameType.RESPONSE, payload.upper())
+
+    acceptor_dispatcher.serve(FrameType.REQUEST, echo)
+    async with LinkPair(batching=True, acceptor_dispatcher=acceptor_dispatcher) as pair:
+        await until(lambda: pair.dialler.batching)
+        streams = [pair.dialler.open_stream() for _ in range(50)]
+        for i, stream in enumerate(streams):
+            assert stream.send(FrameType.REQUEST, b"req %d" % i)
+        answers = [await s.next(T) for s in streams]
+        assert answers == [(FrameType.RESPONSE, b"REQ %d" % i) for i in range(50)]
+        assert pair.dialler_stats["link_messages_sent"] < 50
+
+
+async def test_a_link_without_batching_sends_one_frame_per_message() -> None:
+    async with LinkPair() as pair:
+        seen = recorder(pair.acceptor_dispatcher, FrameType.GOSSIP)
+        for i in range(20):
+            pair.dialler.send(FrameType.GOSSIP, 0, b"%d" % i)
+        await until(lambda: len(seen) == 20)
+        assert len(pair.wire_to_acceptor) == 20
+        assert not pair.dialler.batching
+
+
+async def test_a_batch_on_a_stream_is_a_protocol_error() -> None:
+    async with LinkPair() as pair:
+        await pair.to_acceptor.put(seal_frame(KEY_D2A, FrameType.BATCH, 3, 1, b""))
+        await until(lambda: not pair.acceptor.is_open)
+        assert pair.close_codes["acceptor"] == [PROTOCOL_ERROR]
+
+
+async def test_a_batch_inside_a_batch_is_a_protocol_error() -> None:
+    async with LinkPair() as pair:
+        inner = encode_batch([(int(FrameType.BATCH), 0, b"")])
+        await pair.to_acceptor.put(seal_frame(KEY_D2A, FrameType.BATCH, 0, 1, inner))
+        await until(lambda: not pair.acceptor.is_open)
+        assert pair.close_codes["acceptor"] == [PROTOCOL_ERROR]
+        assert pair.acceptor_stats["link_protocol_errors"] == 1
+
+
+async def test_an_interrupt_ends_one_wait_after_the_frames_already_there() -> None:
+    async with LinkPair() as pair:
+        stream = pair.dialler.open_stream()
+        stream.push(FrameType.RESPONSE, b"first")
+        stream.interrupt("why")
+        stream.interrupt("ignored: the first reason wins")
+        assert await stream.next(T) == (FrameType.RESPONSE, b"first")
+        with pytest.raises(StreamInterrupted) as raised:
+            await stream.next(T)
+        assert raised.value.args == ("why",)
+        # once: the next wait waits again (and times out here)
+        with pytest.raises(asyncio.TimeoutError):
+            await stream.next(0.05)
+        waiting = asyncio.ensure_future(stream.next(T))
+        await asyncio.sleep(0.01)
+        stream.interrupt("later")
+        with pytest.raises(StreamInterrupted):
+            await waiting

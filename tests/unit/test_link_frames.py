@@ -18,11 +18,13 @@ from siomesh.links.frames import (
     FrameType,
     RequestMeta,
     ResponseMeta,
+    decode_batch,
     decode_close,
     decode_data,
     decode_meta_body,
     decode_u32,
     decode_u64_pair,
+    encode_batch,
     encode_close,
     encode_data,
     encode_meta_body,
@@ -403,3 +405,31 @@ def test_mutated_valid_request_metas_raise_only_frame_error() -> None:
             payload = encode_u32(len(mutated.encode())) + mutated.encode()
             with contextlib.suppress(FrameError):
                 RequestMeta.from_wire(decode_meta_body(payload)[0])
+
+
+def test_batches_round_trip() -> None:
+    frames = [
+        (int(FrameType.GOSSIP), 0, b"a"),
+        (int(FrameType.RESPONSE), 9, b""),
+        (40, 0, b"x" * 300),
+    ]
+    assert decode_batch(encode_batch(frames)) == [
+        (FrameType.GOSSIP, 0, b"a"),
+        (FrameType.RESPONSE, 9, b""),
+        (FrameType.ADAPTER, 0, b"x" * 300),
+    ]
+    assert decode_batch(b"") == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x1e\x00",  # a truncated header
+        encode_batch([(int(FrameType.GOSSIP), 0, b"abc")])[:-1],  # a truncated payload
+        encode_batch([(99, 0, b"")]),  # an unknown type
+        encode_batch([(int(FrameType.BATCH), 0, b"")]),  # a batch in a batch
+    ],
+)
+def test_malformed_batches_raise_frame_error(payload: bytes) -> None:
+    with pytest.raises(FrameError):
+        decode_batch(payload)
