@@ -355,7 +355,7 @@ def _rolling(args: argparse.Namespace) -> int:
 
     params = rolling.RollingParams()
     if args.quick:
-        params = rolling.RollingParams(clients=6, settle=1.0)
+        params = rolling.RollingParams(clients=6, settle=1.0, drain_timeout=1.5)
     if args.clients:
         params = replace(params, clients=args.clients)
     if args.interval is not None:

@@ -89,9 +89,27 @@ HANDOFF_FINAL = 0.75
 
 
 def sid_of(query_string: bytes) -> str | None:
-    """The ``sid`` query parameter, as python-engineio reads it (first value wins)."""
-    if b"sid=" not in query_string:
+    """The ``sid`` query parameter, as python-engineio reads it (``parse_qs``: first non-empty
+    value wins). Every request pays for this, so a query without escapes (what every
+    Engine.IO client sends) is scanned instead of parsed; anything else is parsed."""
+    if b"%" in query_string or b"+" in query_string:
+        return _parsed_sid(query_string)  # "s%69d=..." is a sid too
+    start = query_string.find(b"sid=")
+    if start < 0:
         return None
+    while start > 0 and query_string[start - 1] != 0x26:  # not preceded by "&": "xsid="
+        start = query_string.find(b"sid=", start + 1)
+        if start < 0:
+            return None
+    start += 4
+    end = query_string.find(b"&", start)
+    value = query_string[start:] if end < 0 else query_string[start:end]
+    if not value:  # parse_qs skips blank values: a later sid= may count
+        return _parsed_sid(query_string)
+    return value.decode("latin-1")
+
+
+def _parsed_sid(query_string: bytes) -> str | None:
     values = urllib.parse.parse_qs(query_string.decode("latin-1")).get("sid")
     return values[0] if values else None
 

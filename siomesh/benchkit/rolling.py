@@ -58,6 +58,8 @@ class RollingParams:
     settle: float = 3.0
     ready_timeout: float = 30.0
     setups: tuple[str, ...] = SETUPS
+    #: the nodes' ``drain_timeout`` (None: the default, 3 s); the quick mode shortens it
+    drain_timeout: float | None = None
 
 
 @dataclass
@@ -177,8 +179,14 @@ async def _load(
         await asyncio.gather(*(close_client(c.client) for c in callers))
 
 
-def _node_env(urls: list[str], url: str) -> dict[str, str]:
-    env = dict(os.environ)
+def _drain_env(p: RollingParams) -> dict[str, str]:
+    if p.drain_timeout is None:
+        return {}
+    return {"SIOMESH_DRAIN_TIMEOUT": str(p.drain_timeout)}
+
+
+def _node_env(urls: list[str], url: str, p: RollingParams) -> dict[str, str]:
+    env = dict(os.environ, **_drain_env(p))
     env.update(
         {
             "SIOMESH_PEERS": ",".join(urls),
@@ -191,13 +199,15 @@ def _node_env(urls: list[str], url: str) -> dict[str, str]:
     return env
 
 
-def _start_node(work: Path, urls: list[str], index: int, port: int, run: int) -> Proc:
+def _start_node(
+    work: Path, urls: list[str], index: int, port: int, run: int, p: RollingParams
+) -> Proc:
     # uvicorn's own defaults (no --timeout-graceful-shutdown): the drain must bound the exit
     return start_process(
         f"node{index + 1}",
         node_argv(MESH_APP, port, ()),
         log_path=work / f"node{index + 1}-run{run}.log",
-        env=_node_env(urls, urls[index]),
+        env=_node_env(urls, urls[index], p),
     )
 
 
@@ -208,7 +218,7 @@ def _uvicorn_nginx(p: RollingParams, work: Path) -> RollReport:
         return report
     ports = free_ports(3)
     urls = [f"http://{LOOPBACK}:{port}" for port in ports]
-    nodes = [_start_node(work, urls, i, port, 0) for i, port in enumerate(ports)]
+    nodes = [_start_node(work, urls, i, port, 0, p) for i, port in enumerate(ports)]
     lb = None
     try:
         for url, proc in zip(urls, nodes, strict=True):
@@ -227,7 +237,7 @@ def _uvicorn_nginx(p: RollingParams, work: Path) -> RollReport:
                     await asyncio.sleep(0.02)
                 report.exit_s.append(round(time.monotonic() - began, 2))
                 _progress(f"  node {i + 1} exited {report.exit_s[-1]:.2f} s after SIGTERM")
-                nodes[i] = _start_node(work, urls, i, port, 1)
+                nodes[i] = _start_node(work, urls, i, port, 1, p)
                 await asyncio.to_thread(
                     wait_http,
                     urls[i] + "/_siomesh/health",
@@ -249,7 +259,7 @@ def _siomesh_run(p: RollingParams, work: Path) -> RollReport:
     report = RollReport(setup="siomesh run", clients=p.clients)
     port = free_port()
     log_path = work / "siomesh-run.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", ECHO_PING_INTERVAL="25")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ECHO_PING_INTERVAL="25", **_drain_env(p))
     env.setdefault("SIOMESH_SECRET", TEST_SECRET)
     argv = [sys.executable, "-m", "siomesh.cli", "run", MESH_APP, "--workers", "3"]
     argv += ["--port", str(port), "--host", LOOPBACK]
