@@ -180,13 +180,14 @@ async def test_a_partition_loses_nothing_in_silence(
             assert "is full" in logs[0] and "dropped" in logs[0], logs[0][-3000:]
             assert "were lost" in logs[1], logs[1][-3000:]
     finally:
-        for _, _, client in clients:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), 3)
+        await asyncio.gather(
+            *(asyncio.wait_for(client.disconnect(), 3) for _, _, client in clients),
+            return_exceptions=True,
+        )
         for proc in procs:
             with contextlib.suppress(Exception):
                 proc.popen.send_signal(signal.SIGCONT)
-            proc.stop()
+        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
 
 
 #: clients calling through round-robin across a healed partition (the issue's setup)
