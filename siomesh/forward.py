@@ -44,9 +44,13 @@ from .links.frames import (
     decode_close,
     decode_data,
     decode_meta_body,
+    decode_request,
+    decode_response,
     encode_close,
     encode_data,
     encode_meta_body,
+    encode_request,
+    encode_response,
 )
 from .links.link import RELEASE, Link, LinkClosed, Stream, StreamInterrupted
 from .links.pool import LinkPool, LinkUnavailable
@@ -216,8 +220,8 @@ async def _send_noop(send: Send) -> None:
 def _empty_answer(payload: bytes) -> bool:
     """Whether a RESPONSE frame is a 200 with an empty body (a poll that took no packets)."""
     try:
-        raw_meta, body = decode_meta_body(payload)
-        return not body and ResponseMeta.from_wire(raw_meta).status == 200
+        response, body = decode_response(payload)
+        return not body and response.status == 200
     except FrameError:
         return False
 
@@ -283,7 +287,8 @@ class Forwarder:
         meta = RequestMeta.from_scope(scope, headers)
         stream = link.open_stream()
         try:
-            if not stream.send(FrameType.REQUEST, encode_meta_body(meta.to_wire(), body)):
+            payload = encode_request(meta, body, binary=link.binary_meta)
+            if not stream.send(FrameType.REQUEST, payload):
                 raise OwnerUnreachable(f"{target}: link closed or full, request not sent")
             try:
                 if scope.get("method") == "GET" and b"sid=" in scope.get("query_string", b""):
@@ -319,8 +324,7 @@ class Forwarder:
             if kind is not FrameType.RESPONSE:
                 raise OwnerLost(f"{target}: unexpected {kind.name} frame")
             try:
-                raw_meta, response_body = decode_meta_body(payload)
-                response = ResponseMeta.from_wire(raw_meta)
+                response, response_body = decode_response(payload)
             except FrameError as exc:
                 raise OwnerLost(f"{target}: bad response: {exc}") from exc
         finally:
@@ -395,7 +399,7 @@ class Forwarder:
         meta = RequestMeta.from_scope(scope, headers)
         stream = link.open_stream()
         try:
-            if not stream.send(FrameType.WS_OPEN, encode_meta_body(meta.to_wire())):
+            if not stream.send(FrameType.WS_OPEN, encode_request(meta, binary=link.binary_meta)):
                 raise OwnerUnreachable(f"{target}: link closed or full")
             try:
                 kind, payload = await stream.next(self._request_timeout)
@@ -489,8 +493,8 @@ class ForwardedServer:
         self.stats = stats
 
     async def serve_request(self, link: Link, stream: Stream, payload: bytes) -> None:
-        raw_meta, body = decode_meta_body(payload)
-        scope = RequestMeta.from_wire(raw_meta).scope("http")
+        request, body = decode_request(payload)
+        scope = request.scope("http")
         scope[FORWARDED_BY] = link.peer
         headers = scope["headers"]
         if headers and headers[-1][0] == VIA:  # the forwarder puts it last: no scan per request
@@ -501,6 +505,7 @@ class ForwardedServer:
             # arrived whole, so its length is known; the client's own header was dropped.
             scope["headers"].append((b"content-length", b"%d" % len(body)))
         self.stats.bump("forwarded_in")
+        binary = link.binary_meta
         delivered = False
         start: Message | None = None
         chunks: list[bytes] = []
@@ -526,9 +531,8 @@ class ForwardedServer:
                     response = ResponseMeta(
                         status=int(start["status"]), headers=list(start.get("headers", []))
                     )
-                    stream.send(
-                        FrameType.RESPONSE, encode_meta_body(response.to_wire(), b"".join(chunks))
-                    )
+                    answer = encode_response(response, b"".join(chunks), binary=binary)
+                    stream.send(FrameType.RESPONSE, answer)
 
         if scope["method"] != "GET":  # only a GET can be a long-poll that gets orphaned
             await self._app(scope, receive, send)
@@ -551,8 +555,7 @@ class ForwardedServer:
             await self._on_lost(scope)
 
     async def serve_websocket(self, link: Link, stream: Stream, payload: bytes) -> None:
-        raw_meta, _ = decode_meta_body(payload)
-        scope = RequestMeta.from_wire(raw_meta).scope("websocket")
+        scope = decode_request(payload)[0].scope("websocket")
         scope[FORWARDED_BY] = link.peer
         for name, value in scope["headers"]:
             if name == RELAY_REASON:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "FEATURE_BATCH",
+    "FEATURE_BINARY_META",
     "HEADER_FEATURES",
     "HEADER_FROM",
     "HEADER_GENERATION",
@@ -37,12 +38,14 @@ __all__ = [
     "HEADER_SIGNATURE",
     "HEADER_TIME",
     "HEADER_TO",
+    "LINK_FEATURES",
     "LINK_KINDS",
     "NONCE_BYTES",
     "HandshakeError",
     "LinkSecret",
     "NonceCache",
     "Offer",
+    "parse_features",
 ]
 
 HEADER_FROM = "x-siomesh-node"
@@ -52,12 +55,17 @@ HEADER_GENERATION = "x-siomesh-generation"
 HEADER_NONCE = "x-siomesh-nonce"
 HEADER_TIME = "x-siomesh-time"
 HEADER_SIGNATURE = "x-siomesh-signature"
-#: What the dialler can read beyond single frames (comma-separated; unsigned: a peer that
-#: strips it only makes the link send single frames). The acceptor answers with an empty
-#: ``BATCH`` frame as its first frame when it reads batches too, so that both directions batch
-#: only between nodes that both have them; older nodes ignore the header.
+#: What the dialler reads beyond the first release's frames (comma-separated; unsigned: a
+#: proxy that strips it only turns them off). The acceptor answers with a ``FEATURES`` frame
+#: as its first frame, listing those it reads too: each side uses a feature only with a peer
+#: that has it, so nodes of earlier releases (which ignore the header) still link.
 HEADER_FEATURES = "x-siomesh-features"
+#: several frames in one message (``BATCH``)
 FEATURE_BATCH = "batch"
+#: forwarded requests' and responses' meta in binary instead of JSON
+FEATURE_BINARY_META = "meta2"
+#: every feature this release has
+LINK_FEATURES = frozenset({FEATURE_BATCH, FEATURE_BINARY_META})
 
 #: ``control``: gossip, calls and their replies; ``data``: forwarded requests, relayed
 #: WebSockets and adapter messages. Separate connections, so control never waits behind data.
@@ -212,3 +220,8 @@ class NonceCache:
             return False
         self._seen[nonce] = now
         return True
+
+
+def parse_features(value: str) -> frozenset[str]:
+    """The features of this release named in a comma-separated ``value`` (others ignored)."""
+    return frozenset(f.strip() for f in value.split(",")) & LINK_FEATURES

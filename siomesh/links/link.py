@@ -47,6 +47,7 @@ from .frames import (
     open_frame,
     seal_frame,
 )
+from .handshake import FEATURE_BATCH, FEATURE_BINARY_META, parse_features
 
 __all__ = ["Dispatcher", "Link", "LinkClosed", "Stream", "StreamInterrupted"]
 
@@ -306,8 +307,8 @@ class Link:
         dispatcher: Dispatcher,
         max_buffer: int,
         stats: Stats,
-        batching: bool = False,
-        announce_batching: bool = False,
+        features: frozenset[str] = frozenset(),
+        announce: bool = False,
     ) -> None:
         self.peer = peer
         self.kind = kind
@@ -330,10 +331,14 @@ class Link:
         self._next_stream = 1
         self.closed = asyncio.Event()
         self.close_reason = ""
-        #: whether the peer reads ``BATCH`` frames (the dialler learns it from the acceptor's
-        #: first frame; the acceptor from the dialler's offer)
-        self.batching = batching
-        self._announce = announce_batching
+        #: what this link's two ends both read beyond single JSON-meta frames
+        #: (:data:`~siomesh.links.handshake.LINK_FEATURES`): the acceptor knows it from the
+        #: dialler's offer, and says so in its first frame (``FEATURES``; ``announce``), from
+        #: which the dialler learns it
+        self.features = features
+        self.batching = FEATURE_BATCH in features
+        self.binary_meta = FEATURE_BINARY_META in features
+        self._announce = announce
         self._writer = asyncio.ensure_future(self._write_loop())
 
     def __repr__(self) -> str:
@@ -377,8 +382,9 @@ class Link:
         out = self._out
         try:
             if self._announce:
-                # the acceptor's first frame: an empty batch says "I read batches too"
-                await self._seal_and_write(FrameType.BATCH, 0, b"", 0)
+                # the acceptor's first frame: the features both ends have
+                names = ",".join(sorted(self.features)).encode("ascii")
+                await self._seal_and_write(FrameType.FEATURES, 0, names, 0)
             while True:
                 while not out:
                     self._wake.clear()
@@ -446,11 +452,16 @@ class Link:
     def _receive(self, data: bytes) -> None:
         kind, stream_id, payload = open_frame(self._recv_key, data, self._recv_seq + 1)
         self._recv_seq += 1
+        if kind is FrameType.FEATURES:
+            if not self.dialler or stream_id != 0 or self._recv_seq != 1:
+                raise FrameError("FEATURES frame other than the acceptor's first")
+            self.features = parse_features(payload.decode("ascii", "replace"))
+            self.batching = FEATURE_BATCH in self.features
+            self.binary_meta = FEATURE_BINARY_META in self.features
+            return
         if kind is FrameType.BATCH:
             if stream_id != 0:
                 raise FrameError("BATCH frame on a stream")
-            if self.dialler:
-                self.batching = True  # the acceptor reads batches (its first frame says so)
             for inner_kind, inner_stream, inner_payload in decode_batch(payload):
                 self._dispatch(inner_kind, inner_stream, inner_payload)
             return

@@ -41,13 +41,14 @@ from ..ratelimit import RateLimitedLog
 from .calls import Calls
 from .frames import FrameError, FrameType
 from .handshake import (
-    FEATURE_BATCH,
     HEADER_FEATURES,
+    LINK_FEATURES,
     LINK_KINDS,
     HandshakeError,
     LinkSecret,
     NonceCache,
     Offer,
+    parse_features,
 )
 from .link import Dispatcher, Link
 
@@ -275,7 +276,7 @@ class LinkPool:
                     url,
                     headers={
                         **self.secret.offer_headers(offer),
-                        HEADER_FEATURES: FEATURE_BATCH,
+                        HEADER_FEATURES: ",".join(sorted(LINK_FEATURES)),
                     },
                     heartbeat=self.heartbeat,
                     max_msg_size=self.max_frame,
@@ -422,7 +423,7 @@ class LinkPool:
                 await send({"type": "websocket.close", "code": 1008})
             return
         recv_key, send_key = self.secret.link_keys(offer, nonce)
-        batching = FEATURE_BATCH in headers.get(HEADER_FEATURES, "").split(",")
+        features = parse_features(headers.get(HEADER_FEATURES, ""))
 
         async def write(data: bytes) -> None:
             await send({"type": "websocket.send", "bytes": data})
@@ -444,8 +445,8 @@ class LinkPool:
             kind=offer.kind,
             dialler=False,
             peer_generation=offer.generation,
-            batching=batching,
-            announce_batching=batching,
+            features=features,
+            announce=bool(features),
             send_key=send_key,
             recv_key=recv_key,
             write=write,

@@ -2,7 +2,8 @@
 
 * :class:`LinkPair`: two real :class:`~siomesh.links.link.Link` objects connected back to back
   through asyncio queues (the dialler's writes are the acceptor's reads and vice versa);
-  ``batching=True`` makes them agree on ``BATCH`` frames as two nodes of this release do.
+  ``features=True`` makes them agree on this release's features (``BATCH`` frames, binary
+  meta) as two nodes of this release do.
 * :class:`MemoryNet`: an in-memory "network" of :class:`~siomesh.SioMesh` nodes. Each node's
   :class:`~siomesh.links.pool.LinkPool` dials the others through a fake aiohttp session whose
   WebSocket runs the target node's ASGI app directly, so the real offer/hello/ack handshake,
@@ -21,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from siomesh.counters import Stats
+from siomesh.links.handshake import LINK_FEATURES
 from siomesh.links.link import Dispatcher, Link
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ class LinkPair:
         acceptor_dispatcher: Dispatcher | None = None,
         max_buffer: int = 1 << 20,
         keys: tuple[bytes, bytes] = (KEY_D2A, KEY_A2D),
-        batching: bool = False,
+        features: bool = False,
     ) -> None:
         self.to_acceptor: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.to_dialler: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -108,9 +110,9 @@ class LinkPair:
             dispatcher=self.acceptor_dispatcher,
             max_buffer=max_buffer,
             stats=self.acceptor_stats,
-            # as LinkPool.accept does when the dialler's offer says it reads batches
-            batching=batching,
-            announce_batching=batching,
+            # as LinkPool.accept does when the dialler's offer lists the features
+            features=LINK_FEATURES if features else frozenset(),
+            announce=features,
         )
         self.readers = [
             asyncio.ensure_future(self.dialler.run(self.to_dialler.get)),

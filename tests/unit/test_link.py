@@ -17,6 +17,7 @@ from siomesh.links.frames import (
     encode_u32,
     seal_frame,
 )
+from siomesh.links.handshake import LINK_FEATURES
 from siomesh.links.link import (
     GOING_AWAY,
     PROTOCOL_ERROR,
@@ -26,7 +27,7 @@ from siomesh.links.link import (
     StreamInterrupted,
 )
 
-from .memlinks import KEY_D2A, LinkPair
+from .memlinks import KEY_A2D, KEY_D2A, LinkPair
 
 T = 2.0  # bound of every wait
 
@@ -477,11 +478,13 @@ async def test_every_stream_gets_an_answer(
 
 
 async def test_batches_carry_queued_frames_in_order_both_ways() -> None:
-    async with LinkPair(batching=True) as pair:
+    async with LinkPair(features=True) as pair:
         to_acceptor = recorder(pair.acceptor_dispatcher, FrameType.GOSSIP)
         to_dialler = recorder(pair.dialler_dispatcher, FrameType.GOSSIP)
-        # the dialler learns from the acceptor's first frame (an empty batch) that it reads them
+        # the dialler learns from the acceptor's first frame (FEATURES) that it reads them
         await until(lambda: pair.dialler.batching)
+        assert pair.dialler.features == pair.acceptor.features == LINK_FEATURES
+        assert pair.dialler.binary_meta
         for i in range(500):  # queued in one event-loop turn: they leave in few messages
             assert pair.dialler.send(FrameType.GOSSIP, 0, b"d%d" % i)
             assert pair.acceptor.send(FrameType.GOSSIP, 0, b"a%d" % i)
@@ -502,7 +505,7 @@ async def test_streams_work_inside_batches() -> None:
         stream.send(FrameType.RESPONSE, payload.upper())
 
     acceptor_dispatcher.serve(FrameType.REQUEST, echo)
-    async with LinkPair(batching=True, acceptor_dispatcher=acceptor_dispatcher) as pair:
+    async with LinkPair(features=True, acceptor_dispatcher=acceptor_dispatcher) as pair:
         await until(lambda: pair.dialler.batching)
         streams = [pair.dialler.open_stream() for _ in range(50)]
         for i, stream in enumerate(streams):
@@ -556,3 +559,21 @@ async def test_an_interrupt_ends_one_wait_after_the_frames_already_there() -> No
         stream.interrupt("later")
         with pytest.raises(StreamInterrupted):
             await waiting
+
+
+async def test_features_come_only_as_the_acceptors_first_frame() -> None:
+    async with LinkPair() as pair:
+        # from the dialler (which never sends it), or later than the first frame: refused
+        await pair.to_acceptor.put(seal_frame(KEY_D2A, FrameType.FEATURES, 0, 1, b"batch"))
+        await until(lambda: not pair.acceptor.is_open)
+        assert pair.close_codes["acceptor"] == [PROTOCOL_ERROR]
+
+
+async def test_a_dialler_keeps_only_the_features_it_knows() -> None:
+    async with LinkPair() as pair:
+        await pair.to_dialler.put(
+            seal_frame(KEY_A2D, FrameType.FEATURES, 0, 1, b"batch,warp-drive")
+        )
+        await until(lambda: pair.dialler.batching)
+        assert pair.dialler.features == {"batch"}
+        assert not pair.dialler.binary_meta

@@ -22,12 +22,16 @@ from siomesh.links.frames import (
     decode_close,
     decode_data,
     decode_meta_body,
+    decode_request,
+    decode_response,
     decode_u32,
     decode_u64_pair,
     encode_batch,
     encode_close,
     encode_data,
     encode_meta_body,
+    encode_request,
+    encode_response,
     encode_u32,
     encode_u64_pair,
     open_frame,
@@ -433,3 +437,52 @@ def test_batches_round_trip() -> None:
 def test_malformed_batches_raise_frame_error(payload: bytes) -> None:
     with pytest.raises(FrameError):
         decode_batch(payload)
+
+
+REQUEST = RequestMeta(
+    method="POST",
+    path="/socket.io/é",
+    raw_path=b"/socket.io/%C3%A9",
+    query_string=b"EIO=4&transport=polling&sid=abc",
+    headers=[(b"host", b"example.test"), (b"x-empty", b""), (b"cookie", b"\xff\x00binary")],
+    client=("::1", 50123),
+    server=("127.0.0.1", 8000),
+    scheme="https",
+    http_version="1.1",
+    subprotocols=("chat", "superchat"),
+)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_requests_and_responses_round_trip_in_either_form(binary: bool) -> None:
+    payload = encode_request(REQUEST, b"4hello", binary=binary)
+    assert (payload[0] == 0xB1) is binary
+    assert decode_request(payload) == (REQUEST, b"4hello")
+    bare = RequestMeta("GET", "/", b"/", b"", [], None, None, "http", "1.0")
+    assert decode_request(encode_request(bare, binary=binary)) == (bare, b"")
+    response = ResponseMeta(status=200, headers=[(b"content-type", b"text/plain")])
+    assert decode_response(encode_response(response, b"ok", binary=binary)) == (response, b"ok")
+
+
+def test_binary_meta_falls_back_to_json_where_its_fields_cannot_hold_it() -> None:
+    odd = RequestMeta("GET", "/", b"/", b"", [], ("h", 70000), None, "http", "1.1")
+    payload = encode_request(odd, binary=True)
+    assert payload[0] == 0  # a JSON meta
+    assert decode_request(payload) == (odd, b"")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xb1\x00",  # truncated head
+        encode_request(REQUEST, binary=True)[:40],  # lengths beyond the payload
+        b"\xb2\x00\x00\x00\x00",  # status 0
+        b"\xb2\x00\xc8\x00\x05",  # five headers, no lengths
+    ],
+)
+def test_malformed_binary_metas_raise_frame_error(payload: bytes) -> None:
+    with pytest.raises(FrameError):
+        if payload[0] == 0xB1:
+            decode_request(payload)
+        else:
+            decode_response(payload)
