@@ -348,8 +348,11 @@ class Forwarder:
         """
         # The body is read: the only message receive() can still give is a disconnect.
         left = asyncio.ensure_future(receive())
+        waiting = True
 
         def client_left(task: asyncio.Future[Message]) -> None:
+            if not waiting:  # ran after the wait ended (scheduled before it was removed)
+                return
             released = (
                 not task.cancelled()
                 and task.exception() is None
@@ -370,6 +373,7 @@ class Forwarder:
         except StreamInterrupted as exc:
             return _RELEASED if exc.args[0] is _RELEASED else None
         finally:
+            waiting = False
             self._held.discard(stream)
             left.remove_done_callback(client_left)
             if not left.done():

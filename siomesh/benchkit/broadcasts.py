@@ -25,6 +25,7 @@ import importlib.util
 import json
 import logging
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -608,8 +609,33 @@ def _quiet() -> None:
 SETUP_NAMES = {"mesh": MESH, "sticky": STICKY, "redis": STICKY}
 
 
+def _troubled(outcome: Outcome) -> bool:
+    """Whether a setup lost, dropped or failed anything (its process logs are then kept)."""
+    connect = outcome.connect
+    if outcome.errors or (connect is not None and (connect.connect_failed or connect.errors)):
+        return True
+    return any(d.lost or d.dropped or d.with_gaps for d in outcome.deliveries.values())
+
+
+def _keep_logs(work: Path, out: Path | None, kind: str) -> None:
+    """Copy a troubled setup's node, balancer and redis logs to ``out/logs/<kind>/``."""
+    if out is None:
+        return
+    kept = 0
+    for log_file in work.rglob("*.log"):
+        target = out / "logs" / kind / log_file.relative_to(work)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_file, target)
+        kept += 1
+    if kept:
+        _progress(f"  {kind}: something was lost or failed: its logs are in {out / 'logs' / kind}")
+
+
 async def _both(
-    run: Callable[[str, Path], Any], only: Collection[str], describe: dict[str, str]
+    run: Callable[[str, Path], Any],
+    only: Collection[str],
+    describe: dict[str, str],
+    out: Path | None = None,
 ) -> tuple[Outcome, Outcome]:
     with tempfile.TemporaryDirectory(prefix="siomesh-bench-") as tmp:
         results: list[Outcome] = []
@@ -619,7 +645,10 @@ async def _both(
                 continue
             _progress(f"[{index}/2] {kind}")
             try:
-                results.append(await run(kind, Path(tmp) / kind))
+                outcome = await run(kind, Path(tmp) / kind)
+                results.append(outcome)
+                if _troubled(outcome):
+                    _keep_logs(Path(tmp) / kind, out, kind)
             except (ProcessError, OSError) as exc:  # a node, balancer or redis did not start
                 reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
                 _progress(f"  {kind}: did not start: {exc}")
@@ -634,7 +663,7 @@ def run_scale(params: ScaleParams, out: Path, only: Collection[str] = ()) -> int
     raise_fd_limit()  # the nodes and balancers inherit it
     _progress(f"siomesh bench scale: {params.clients} clients, {params.broadcasts} room broadcasts")
     describe = {k: v[0] for k, v in SCALE_SETUPS.items()}
-    mesh, sticky = asyncio.run(_both(lambda k, w: _scale_setup(k, params, w), only, describe))
+    mesh, sticky = asyncio.run(_both(lambda k, w: _scale_setup(k, params, w), only, describe, out))
     polling = len(range(0, params.clients, 3))
     title = (
         f"scale: {params.clients} clients ({polling} polling only, "
@@ -655,7 +684,9 @@ def run_latency(params: LatencyParams, out: Path, only: Collection[str] = ()) ->
     raise_fd_limit()
     _progress(f"siomesh bench latency: {params.receivers} receivers over 3 nodes")
     describe = {k: v[0] for k, v in LATENCY_SETUPS.items()}
-    mesh, sticky = asyncio.run(_both(lambda k, w: _latency_setup(k, params, w), only, describe))
+    mesh, sticky = asyncio.run(
+        _both(lambda k, w: _latency_setup(k, params, w), only, describe, out)
+    )
     title = (
         f"latency: {params.receivers} WebSocket receivers over 3 nodes, one sender; "
         f"{params.paced} broadcasts {params.interval * 1000:.0f} ms apart, "

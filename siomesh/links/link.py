@@ -401,6 +401,9 @@ class Link:
                     frames.append(frame)
                     size += len(frame[2])
                     self._buffered -= len(frame[2])
+                if len(frames) == 1:  # the next one would not fit
+                    await self._seal_and_write(kind, stream, payload, 1)
+                    continue
                 await self._seal_and_write(FrameType.BATCH, 0, encode_batch(frames), len(frames))
         except asyncio.CancelledError:
             raise
