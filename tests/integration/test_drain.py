@@ -87,6 +87,9 @@ class Caller:
     owner: str = ""
     answered: int = 0
     failed: list[str] = field(default_factory=list)
+    #: monotonic time each failed call was sent, and each disconnection
+    failed_at: list[float] = field(default_factory=list)
+    disconnected_at: list[float] = field(default_factory=list)
     disconnects: list[str] = field(default_factory=list)
     down_since: float | None = None
     longest_down: float = 0.0
@@ -100,6 +103,7 @@ async def _start(index: int, transport: str, url: str) -> Caller:
     async def disconnect(reason: str = "") -> None:
         caller.disconnects.append(str(reason))
         caller.down_since = time.monotonic()
+        caller.disconnected_at.append(caller.down_since)
 
     @client.event
     async def connect() -> None:
@@ -120,12 +124,29 @@ async def _call_loop(caller: Caller, stop: asyncio.Event) -> None:
             continue
         n += 1
         sent = {"i": caller.index, "n": n}
+        sent_at = time.monotonic()
         try:
             got = await caller.client.call("echo", sent, timeout=5)
             assert got == sent
             caller.answered += 1
         except Exception as exc:
             caller.failed.append(repr(exc))
+            caller.failed_at.append(sent_at)
+
+
+def _story(c: Caller, began: float, cluster: Cluster) -> str:
+    """What a client that lost calls went through, and what the nodes warned about: seconds
+    from the SIGTERM."""
+    lines = [
+        f"client {c.index} ({c.transport}) of {c.owner}: failed {c.failed}",
+        "  calls that failed were sent at " + ", ".join(f"{t - began:+.2f}" for t in c.failed_at),
+        "  disconnected at " + ", ".join(f"{t - began:+.2f}" for t in c.disconnected_at),
+    ]
+    for proc in cluster.procs:
+        text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+        warned = [line for line in text.splitlines() if "WARNING" in line or "ERROR" in line]
+        lines.append(f"  {proc.log_path.name}: " + " | ".join(warned[-12:]))
+    return "\n".join(lines)
 
 
 async def test_sigterm_drains_the_node_and_its_clients_move_at_once(
@@ -187,7 +208,7 @@ async def test_sigterm_drains_the_node_and_its_clients_move_at_once(
         lost_elsewhere = {c.index: c.failed for c in callers if c.failed and c not in on_victim}
         assert not lost_elsewhere, lost_elsewhere
         for c in on_victim:
-            assert len(c.failed) <= 1, (c.index, c.failed)
+            assert len(c.failed) <= 1, _story(c, began, cluster)
     finally:
         stop.set()
         for task in loops:
