@@ -27,8 +27,9 @@ releases without them still link.
 Payloads: the request/response/WebSocket-open *meta* parts are compact JSON (header names and
 values as latin-1 strings, as HTTP defines them), or, between nodes that both read it (feature
 ``meta2``), length-prefixed binary fields (:func:`encode_request`, :func:`encode_response`; the
-decoders read either form), followed by raw body bytes; everything else is fixed binary fields. :class:`FrameError` is raised for anything malformed; the link closes with a
-protocol error then (never a 500).
+decoders read either form), followed by raw body bytes; everything else is fixed binary fields.
+:class:`FrameError` is raised for anything malformed; the link closes with a protocol error then
+(never a 500).
 """
 
 from __future__ import annotations
