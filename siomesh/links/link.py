@@ -335,11 +335,15 @@ class Link:
         #: (:data:`~siomesh.links.handshake.LINK_FEATURES`): the acceptor knows it from the
         #: dialler's offer, and says so in its first frame (``FEATURES``; ``announce``), from
         #: which the dialler learns it
+        self._set_features(features)
+        self._announce = announce
+        self._writer = asyncio.ensure_future(self._write_loop())
+
+    def _set_features(self, features: frozenset[str]) -> None:
+        # plain attributes, not properties: the writer reads one per message, a forward the other
         self.features = features
         self.batching = FEATURE_BATCH in features
         self.binary_meta = FEATURE_BINARY_META in features
-        self._announce = announce
-        self._writer = asyncio.ensure_future(self._write_loop())
 
     def __repr__(self) -> str:
         side = "to" if self.dialler else "from"
@@ -458,9 +462,7 @@ class Link:
         if kind is FrameType.FEATURES:
             if not self.dialler or stream_id != 0 or self._recv_seq != 1:
                 raise FrameError("FEATURES frame other than the acceptor's first")
-            self.features = parse_features(payload.decode("ascii", "replace"))
-            self.batching = FEATURE_BATCH in self.features
-            self.binary_meta = FEATURE_BINARY_META in self.features
+            self._set_features(parse_features(payload.decode("ascii", "replace")))
             return
         if kind is FrameType.BATCH:
             if stream_id != 0:

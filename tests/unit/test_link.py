@@ -525,22 +525,6 @@ async def test_a_link_without_batching_sends_one_frame_per_message() -> None:
         assert not pair.dialler.batching
 
 
-async def test_a_batch_on_a_stream_is_a_protocol_error() -> None:
-    async with LinkPair() as pair:
-        await pair.to_acceptor.put(seal_frame(KEY_D2A, FrameType.BATCH, 3, 1, b""))
-        await until(lambda: not pair.acceptor.is_open)
-        assert pair.close_codes["acceptor"] == [PROTOCOL_ERROR]
-
-
-async def test_a_batch_inside_a_batch_is_a_protocol_error() -> None:
-    async with LinkPair() as pair:
-        inner = encode_batch([(int(FrameType.BATCH), 0, b"")])
-        await pair.to_acceptor.put(seal_frame(KEY_D2A, FrameType.BATCH, 0, 1, inner))
-        await until(lambda: not pair.acceptor.is_open)
-        assert pair.close_codes["acceptor"] == [PROTOCOL_ERROR]
-        assert pair.acceptor_stats["link_protocol_errors"] == 1
-
-
 async def test_an_interrupt_ends_one_wait_after_the_frames_already_there() -> None:
     async with LinkPair() as pair:
         stream = pair.dialler.open_stream()
@@ -561,12 +545,44 @@ async def test_an_interrupt_ends_one_wait_after_the_frames_already_there() -> No
             await waiting
 
 
-async def test_features_come_only_as_the_acceptors_first_frame() -> None:
+@pytest.mark.parametrize(
+    ("to", "frames"),
+    [
+        # a batch on a stream
+        ("acceptor", [seal_frame(KEY_D2A, FrameType.BATCH, 3, 1, b"")]),
+        # a batch inside a batch
+        (
+            "acceptor",
+            [seal_frame(KEY_D2A, FrameType.BATCH, 0, 1, encode_batch([(1, 0, b"")]))],
+        ),
+        # FEATURES from the dialler, which never sends it
+        ("acceptor", [seal_frame(KEY_D2A, FrameType.FEATURES, 0, 1, b"batch")]),
+        # FEATURES later than the acceptor's first frame
+        (
+            "dialler",
+            [
+                seal_frame(KEY_A2D, FrameType.GOSSIP, 0, 1, b"x"),
+                seal_frame(KEY_A2D, FrameType.FEATURES, 0, 2, b"batch"),
+            ],
+        ),
+    ],
+    ids=["batch-on-a-stream", "batch-in-a-batch", "features-from-dialler", "features-late"],
+)
+async def test_misplaced_batch_and_features_frames_are_protocol_errors(
+    to: str, frames: list[bytes]
+) -> None:
     async with LinkPair() as pair:
-        # from the dialler (which never sends it), or later than the first frame: refused
-        await pair.to_acceptor.put(seal_frame(KEY_D2A, FrameType.FEATURES, 0, 1, b"batch"))
-        await until(lambda: not pair.acceptor.is_open)
-        assert pair.close_codes["acceptor"] == [PROTOCOL_ERROR]
+        link, queue, stats = (
+            (pair.acceptor, pair.to_acceptor, pair.acceptor_stats)
+            if to == "acceptor"
+            else (pair.dialler, pair.to_dialler, pair.dialler_stats)
+        )
+        for frame in frames:
+            await queue.put(frame)
+        await until(lambda: not link.is_open)
+        assert pair.close_codes[to] == [PROTOCOL_ERROR]
+        assert stats["link_protocol_errors"] == 1
+        assert not link.batching
 
 
 async def test_a_dialler_keeps_only_the_features_it_knows() -> None:
