@@ -38,6 +38,7 @@ from typing import Any
 
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
+from engineio.exceptions import SocketIsClosedError
 
 __all__ = [
     "PACKET_IN_ORDER",
@@ -348,6 +349,30 @@ class EngineSeam:
             await handle_connect()
         finally:
             eio.generate_id = generate
+
+    async def fan_out(self, eio_sids: list[str], packets: list[Any]) -> int:
+        """Send the Engine.IO ``packets``, in order, to each session of ``eio_sids``, in
+        order, through each session's packet-out pipeline; returns how many sessions got them.
+
+        No task per recipient (python-socketio's manager makes one per recipient and waits for
+        them all): each ``send`` only queues the packet for the session's writer, so the loop
+        runs straight through. It suspends only where python-engineio closes a session whose
+        ping timed out, which runs that session's disconnect handler before the next
+        recipient's packets. A session that is gone or closed is skipped, as python-engineio
+        skips it (with no log line per recipient)."""
+        sockets = self.eio.sockets
+        sent = 0
+        for eio_sid in eio_sids:
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed:
+                continue
+            try:
+                for pkt in packets:
+                    await socket.send(pkt)
+            except SocketIsClosedError:
+                continue
+            sent += 1
+        return sent
 
     def environ(self, sid: str) -> dict[str, Any] | None:
         """The handshake environ python-socketio keeps for Engine.IO session ``sid``."""

@@ -37,6 +37,7 @@ from .gate import CausalGate
 from .local import (
     is_local,
     local_disconnect,
+    local_emit,
     local_join,
     local_leave,
     local_rooms,
@@ -299,13 +300,14 @@ class Inbound:
                 msg.get("room"),
                 msg.get("skip"),
             )
-        await self._base.emit(
+        await local_emit(
+            self._manager,
             _require(msg, "event", str),
             tuple(args),
             namespace,
-            room=msg.get("room"),
-            skip_sid=msg.get("skip"),
-            callback=callback,
+            msg.get("room"),
+            msg.get("skip"),
+            callback,
         )
 
     async def _handle_callback(self, msg: Message, namespace: str, sender: str) -> None:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
 from .wire import pack
 
@@ -22,6 +27,7 @@ __all__ = [
     "Room",
     "is_local",
     "local_disconnect",
+    "local_emit",
     "local_join",
     "local_leave",
     "local_rooms",
@@ -80,6 +86,52 @@ def local_sids(
         for sid, eio_sid in manager.get_participants(namespace, room)
         if manager.is_connected(sid, namespace)
     ]
+
+
+async def local_emit(
+    manager: MeshManager,
+    event: str,
+    data: Any,
+    namespace: str,
+    room: Room | list[Room] | None,
+    skip_sid: Any,
+    callback: Callable[..., Any] | None,
+) -> None:
+    """Deliver an emit to this node's clients of ``room`` (None: all), but ``skip_sid``: what
+    python-socketio's ``AsyncManager.emit`` does, with the packet encoded once and sent to
+    every recipient in order by :meth:`~siomesh.engine.EngineSeam.fan_out`, not a task per
+    recipient. An emit with a ``callback`` (each recipient gets its own ack id) goes through
+    python-socketio's own path. Returns once every recipient's packet is queued for its
+    writer."""
+    if callback is not None:
+        await socketio.AsyncManager.emit(
+            manager, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
+        )
+        return
+    if namespace not in manager.rooms:
+        return
+    # python-socketio's convention: a tuple is several arguments, anything else one
+    if isinstance(data, tuple):
+        args = list(data)
+    elif data is not None:
+        args = [data]
+    else:
+        args = []
+    skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+    # listed before the first send: a send may suspend (a timed-out session closes), and
+    # the room may change meanwhile
+    recipients = [
+        eio_sid for sid, eio_sid in manager.get_participants(namespace, room) if sid not in skip
+    ]
+    if not recipients:
+        return
+    encoded = manager.server.packet_class(
+        sio_packet.EVENT, namespace=namespace, data=[event, *args]
+    ).encode()
+    if not isinstance(encoded, list):
+        encoded = [encoded]
+    packets = [eio_packet.Packet(eio_packet.MESSAGE, part) for part in encoded]
+    await manager.mesh.seam.fan_out(recipients, packets)
 
 
 async def local_sockets(

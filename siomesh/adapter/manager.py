@@ -58,6 +58,7 @@ from .local import (
     Room,
     is_local,
     local_disconnect,
+    local_emit,
     local_join,
     local_leave,
     local_rooms,
@@ -545,9 +546,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             args = [*_as_args(data), offset]
             data = tuple(args)
             recovery.note_emit(offset, event, args, namespace, room, skip_sid)
-        local = partial(
-            super().emit, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
-        )
+        local = partial(local_emit, self, event, data, namespace, room, skip_sid, callback)
         if kwargs.get("ignore_queue"):
             await local()
             return

@@ -162,17 +162,27 @@ class Cluster:
             self.meshes[url] = mesh
             self.sios[url] = sio
             self.sent[url] = []
-            self._record(sio, url)
+            self._record(mesh, sio, url)
 
-    def _record(self, sio: Any, url: str) -> None:
+    def _record(self, mesh: SioMesh, sio: Any, url: str) -> None:
+        """Record what reaches the clients, wherever it leaves: the adapter's fan-out (no
+        client sessions exist here) and python-socketio's own senders (acked emits)."""
+
         async def send_eio(eio_sid: str, pkt: Any) -> None:
             self.sent[url].append((eio_sid, pkt.data))
 
         async def send_pkt(eio_sid: str, pkt: Any) -> None:
             self.sent[url].append((eio_sid, pkt.encode()))
 
+        async def fan_out(eio_sids: list[str], packets: list[Any]) -> int:
+            for eio_sid in eio_sids:
+                for pkt in packets:
+                    await send_eio(eio_sid, pkt)
+            return len(eio_sids)
+
         sio._send_eio_packet = send_eio
         sio._send_packet = send_pkt
+        mesh.node.seam.fan_out = fan_out  # type: ignore[method-assign]
 
     def mgr(self, url: str) -> MeshManager:
         return adapter(self.meshes[url])

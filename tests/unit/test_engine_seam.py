@@ -105,3 +105,33 @@ async def test_override_send_is_removed_again() -> None:
     assert len(dropped) == 1 and socket.queue.empty()
     restore()
     assert socket.send == original
+
+
+async def test_fan_out_queues_every_packet_in_order_through_the_pipeline_and_skips_the_gone() -> (
+    None
+):
+    seam, server = _seam()
+    through: list[str] = []
+
+    def counting(socket: Any, inner: Any) -> Any:
+        async def send(pkt: Any) -> None:
+            through.append(socket.sid)
+            await inner(pkt)
+
+        return send
+
+    seam.on_packet_out("sessions.calls", counting)
+    seam.install(lambda: "x")
+    for sid in ("a", "b", "c"):
+        socket = AsyncSocket(server, sid)
+        socket.connected = True
+        server.sockets[sid] = socket
+    server.sockets["c"].closed = True
+    packets = [packet.Packet(packet.MESSAGE, '2["e",1]'), packet.Packet(packet.MESSAGE, b"\x01")]
+    sent = await seam.fan_out(["a", "gone", "b", "c"], packets)
+    assert sent == 2
+    assert through == ["a", "a", "b", "b"]  # the session's own send pipeline, in order
+    for sid in ("a", "b"):
+        queue = server.sockets[sid].queue
+        assert [queue.get_nowait().data for _ in range(queue.qsize())] == ['2["e",1]', b"\x01"]
+    assert server.sockets["c"].queue.empty()
