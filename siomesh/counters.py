@@ -241,6 +241,12 @@ COUNTERS: Mapping[str, Counter] = _declare(
         fault=True,
     ),
     Counter(
+        "adapter_turn_timeouts",
+        _A,
+        "local deliveries that stopped waiting for peers' messages received before them",
+        fault=True,
+    ),
+    Counter(
         "adapter_queued", _A, "adapter messages waiting for a peer's acknowledgement", gauge=True
     ),
     # -- the adapter's channels, summed over peers (siomesh.adapter.channel) --

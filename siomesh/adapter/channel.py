@@ -24,11 +24,12 @@ Contract:
   was frozen) skips it as a duplicate, rightly, since it missed none of them.
 * Emit-completion order: a message may belong to an :class:`Emission` (one emit, sent to
   several peers), which the emitting coroutine awaits until every peer it was sent to has
-  acknowledged it (the receiver acknowledges once the message is applied: delivered into its
-  clients' queues). A peer that does not acknowledge within the emit's bound is marked
+  acknowledged it (the receiver acknowledges once the message is in its one apply queue,
+  which it delivers in arrival order: :mod:`siomesh.adapter.turns`). A peer that does not
+  acknowledge within the emit's bound is marked
   *lagging* (:meth:`PeerChannel.lag`): emits stop waiting for it until it has acknowledged
   everything it had been sent by then. The channel's *stable* watermark is the highest
-  sequence number up to which every message's emission is complete (applied everywhere it
+  sequence number up to which every message's emission is complete (received everywhere it
   went, or given up on); the peer is told it (:meth:`PeerChannel.notify_stable`, an
   ``ADAPTER_ACK`` frame whose extra 16 bytes are this node's epoch and the watermark), so that
   it can keep causal order: it does not send a message of its own to its peers before what it
@@ -222,7 +223,7 @@ class PeerChannel:
             self._warn.warning(
                 ("busy", self.peer),
                 "adapter: an emit returned after adapter.order_timeout (%.2f s) before %s "
-                "applied it: that node is busy (%d messages wait for it); its clients may get "
+                "received it: that node is busy (%d messages wait for it); its clients may get "
                 "that message after later ones from other nodes",
                 bound,
                 self.peer,

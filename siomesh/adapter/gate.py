@@ -66,7 +66,7 @@ class CausalGate:
 
     def _needs(self) -> dict[str, Mark]:
         """Per live sender: the (epoch, seq) of the last message this node applied from it,
-        where the sender has not yet reported it stable (applied everywhere it went)."""
+        where the sender has not yet reported it stable (received everywhere it went)."""
         needs: dict[str, Mark] = {}
         live: set[str] | None = None
         for sender, told in self._stable.items():
@@ -135,7 +135,8 @@ class CausalGate:
 
     def note_stable(self, sender: str, epoch: int, stable: int) -> None:
         """``sender`` reports that its messages to this node up to ``stable`` (in its epoch
-        ``epoch``) are applied everywhere they went."""
+        ``epoch``) are received everywhere they went (so applied there before anything sent
+        later)."""
         told = (epoch, stable)
         known = self._stable.get(sender)
         if known is not None and known >= told:

@@ -1,8 +1,14 @@
 """The adapter's receiving half: peers' messages applied in order, one handler per kind.
 
-Frames arrive from the links' readers (:meth:`Inbound.on_frame`) and queue per sender; one
-consumer task per sender applies them one at a time, in sequence order, skipping what was
-delivered already (:class:`~siomesh.adapter.wire.DedupWindow`), then acknowledges the burst.
+Frames arrive from the links' readers (:meth:`Inbound.on_frame`) and are acknowledged as soon
+as they are queued: one queue for every sender, in the order they arrived, which one consumer
+task applies one message at a time, skipping what was delivered already
+(:class:`~siomesh.adapter.wire.DedupWindow`). This node's own emits deliver locally only after
+every message it had received when they were made (:mod:`siomesh.adapter.turns`), so a
+receipt is as good as an apply for emit-completion order (docs/adapter.md, "Delivery
+contract"). The queue is bounded: past :data:`INBOX_FRAMES` frames or :data:`INBOX_BYTES`
+bytes, acknowledgements wait for the consumer, so the senders' own bounded queues take the
+back-pressure (and fold into gaps past theirs).
 Each message is ``{"m": <kind>, "ns": <namespace>, ...}``; :data:`Inbound.handlers` maps a kind
 to its ``_handle_<kind>``, as python-socketio's ``AsyncPubSubManager`` does. A handler does this
 node's half of the operation only (python-socketio's in-memory manager, never relayed again).
@@ -43,6 +49,7 @@ from .local import (
     local_rooms,
     local_sockets,
 )
+from .turns import Turns
 from .wire import DedupWindow, WireError, pack, unpack
 
 if TYPE_CHECKING:
@@ -62,6 +69,11 @@ _Frame = tuple[Link, FrameType, int, int, bytes]
 
 #: what a malformed message or call raises in its handler
 _BAD = (WireError, ValueError, TypeError, KeyError, RecursionError)
+
+#: Frames the apply queue holds before acknowledgements wait for the consumer.
+INBOX_FRAMES = 4096
+#: Bytes of payload the apply queue holds before acknowledgements wait for the consumer.
+INBOX_BYTES = 16 * 1024 * 1024
 
 
 def _require(msg: Message, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -103,9 +115,15 @@ class Inbound:
         self._server_handlers = server_handlers
         self._return_callback = return_callback
         self._warn = warn
-        self._inbox: dict[str, deque[_Frame]] = {}
-        self._consumers: dict[str, asyncio.Task[None]] = {}
+        #: every peer's frames, in the order they arrived, until applied
+        self._inbox: deque[_Frame] = deque()
+        self._inbox_bytes = 0
+        self._consumer: asyncio.Task[None] | None = None
+        #: this node's own deliveries, waiting for what was received before them
+        self.turns = Turns()
         self._acks: dict[Link, tuple[int, int]] = {}
+        #: receipts not acknowledged yet because the queue is over its bound
+        self._held_acks: dict[Link, tuple[int, int]] = {}
         self._acks_scheduled = False
         #: channels whose stable watermark moved since the peer was told (flushed with acks)
         self._stable_dirty: set[PeerChannel] = set()
@@ -132,17 +150,27 @@ class Inbound:
     # -- frames ----------------------------------------------------------------------------------
 
     def on_frame(self, kind: FrameType, link: Link, payload: bytes) -> None:
-        """An ``ADAPTER`` or ``ADAPTER_GAP`` frame: queue it for the sender's consumer, which
-        applies that sender's messages one at a time, in order."""
+        """An ``ADAPTER`` or ``ADAPTER_GAP`` frame: queue it behind everything received before
+        (from any sender) and acknowledge it, unless the queue is over its bound."""
         epoch, seq, rest = decode_u64_pair(payload)
-        sender = link.peer
-        inbox = self._inbox.get(sender)
-        if inbox is None:
-            inbox = self._inbox[sender] = deque()
-        inbox.append((link, kind, epoch, seq, rest))
-        consumer = self._consumers.get(sender)
+        self._inbox.append((link, kind, epoch, seq, rest))
+        self._inbox_bytes += len(rest)
+        self.turns.received += 1
+        if self._roomy():
+            self._ack(link, epoch, seq)
+        else:
+            self._held_acks[link] = (epoch, seq)
+        consumer = self._consumer
         if consumer is None or consumer.done():
-            self._consumers[sender] = asyncio.ensure_future(self._consume(sender, inbox))
+            self._consumer = asyncio.ensure_future(self._consume())
+
+    def _roomy(self) -> bool:
+        return len(self._inbox) <= INBOX_FRAMES and self._inbox_bytes <= INBOX_BYTES
+
+    @property
+    def idle(self) -> bool:
+        """Nothing received is waiting to be applied."""
+        return self.turns.applied >= self.turns.received
 
     def on_ack(self, link: Link, payload: bytes) -> None:
         """An acknowledgement of this node's messages (epoch, seq), optionally followed by the
@@ -159,40 +187,76 @@ class Inbound:
 
     def is_consumer(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether ``task`` is applying a peer's messages (an emit it makes must not wait for
-        order: that would hold up the peer's later messages)."""
-        return any(task is consumer for consumer in self._consumers.values())
+        order: that would hold up every later message)."""
+        return task is not None and task is self._consumer
 
     def stop(self) -> None:
-        for task in self._consumers.values():
-            task.cancel()
+        if self._consumer is not None:
+            self._consumer.cancel()
+        self.turns.flush()
 
-    async def _consume(self, sender: str, inbox: deque[_Frame]) -> None:
+    async def in_turn(self, local: Callable[[], Awaitable[Any]], timeout: float) -> None:
+        """Run ``local`` (this node's half of an emit or room change) once every peer message
+        received before this call is applied, or after ``timeout`` seconds at most (counted,
+        and a WARNING says order is not kept)."""
+        turns = self.turns
+        turn = turns.join()
+        if turn is None:
+            await local()
+            return
+        try:
+            if not await turns.wait(turn, timeout):
+                self._manager.stats.bump("turn_timeouts")
+                self._warn.warning(
+                    ("turn",),
+                    "adapter: peers' messages received here were not applied within "
+                    "adapter.order_timeout (%.2f s); an emit of this node was delivered here "
+                    "ahead of them (a handler run for a peer's message is slow: see "
+                    "docs/adapter.md, Delivery contract)",
+                    timeout,
+                )
+            await local()
+        finally:
+            turns.leave(turn)
+
+    async def _consume(self) -> None:
         stats = self._manager.stats
-        while inbox:
-            link, kind, epoch, seq, rest = inbox.popleft()
-            if not self.dedup.accept(sender, epoch, seq):
-                stats.bump("duplicates")
-            elif kind is FrameType.ADAPTER_GAP:
-                await self.apply_gap(sender, rest)
-            else:
-                stats.bump("received")
+        inbox = self._inbox
+        try:
+            while inbox:
+                link, kind, epoch, seq, rest = inbox.popleft()
+                self._inbox_bytes -= len(rest)
+                sender = link.peer
                 try:
-                    message = json.loads(rest)
-                    if not isinstance(message, dict) or not isinstance(message.get("m"), str):
-                        raise WireError("message without a method")
-                    await self.dispatch(message, sender)
-                except _BAD as exc:
-                    stats.bump("bad_messages")
-                    self._warn.warning(
-                        ("bad", sender), "bad adapter message from %s: %r", sender, exc
-                    )
-                except Exception:
-                    log.exception("adapter message from %s failed", sender)
-            self._ack(link, epoch, seq)
+                    if not self.dedup.accept(sender, epoch, seq):
+                        stats.bump("duplicates")
+                    elif kind is FrameType.ADAPTER_GAP:
+                        await self.apply_gap(sender, rest)
+                    else:
+                        stats.bump("received")
+                        await self._apply(sender, rest)
+                finally:
+                    self.turns.advance()
+                if self._held_acks and self._roomy():
+                    self._acks.update(self._held_acks)
+                    self._held_acks.clear()
+                    self._schedule_flush()
+        finally:
             if not inbox:
-                # the burst is applied (in the clients' queues): acknowledge now, not a loop
-                # turn later, behind the writes to those clients (the sender's emit waits)
                 self.flush_acks()
+
+    async def _apply(self, sender: str, text: bytes) -> None:
+        stats = self._manager.stats
+        try:
+            message = json.loads(text)
+            if not isinstance(message, dict) or not isinstance(message.get("m"), str):
+                raise WireError("message without a method")
+            await self.dispatch(message, sender)
+        except _BAD as exc:
+            stats.bump("bad_messages")
+            self._warn.warning(("bad", sender), "bad adapter message from %s: %r", sender, exc)
+        except Exception:
+            log.exception("adapter message from %s failed", sender)
 
     # -- acknowledgements and stable watermarks --------------------------------------------------
 

@@ -193,7 +193,10 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         deadline = asyncio.get_running_loop().time() + self.flush_timeout
         while True:
             live = self._live_set()  # a peer that is not live cannot acknowledge: no wait
-            if all(c.idle or p not in live for p, c in self._channels.items()):
+            # peers' messages acknowledged on receipt are applied too, within the same bound
+            if self._inbound.idle and all(
+                c.idle or p not in live for p, c in self._channels.items()
+            ):
                 break
             if asyncio.get_running_loop().time() >= deadline:
                 break
@@ -202,7 +205,15 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        unapplied = self._inbound.turns.received - self._inbound.turns.applied
         self._inbound.stop()
+        if unapplied:
+            log.warning(
+                "siomesh adapter stopped with %d peer messages received but not applied "
+                "within adapter flush_timeout (%.1f s)",
+                unapplied,
+                self.flush_timeout,
+            )
         dropped = sum(len(c) for c in self._channels.values())
         if dropped:
             log.warning(
@@ -395,15 +406,17 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         local: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         """Send ``message`` to ``peers`` and run ``local`` (this node's own half), then return
-        once every peer it was sent to has applied it (docs/adapter.md, "Delivery contract"):
+        once every peer it was sent to has received it (docs/adapter.md, "Delivery contract"):
 
-        * causal order: if this node applied messages from a sender that are not yet applied
+        * causal order: if this node applied messages from a sender that are not yet received
           everywhere they went (the sender's stable watermark is behind), this message is not
           sent before they are (``local`` runs first, then the wait);
         * per-sender FIFO: emits that wait so are queued in call order (the gate), and an emit
           never overtakes one that waits;
         * emit-completion order: the return waits for each peer's acknowledgement, which it
-          sends once the message is in its clients' queues.
+          sends once the message is in its one apply queue (applied in arrival order, and
+          ahead of that peer's own later emits: :mod:`siomesh.adapter.turns`); ``local``
+          waits likewise for what this node received before the call.
 
         Concurrent calls wait concurrently (many messages in flight, one round trip in all).
         Each wait is bounded by ``order_timeout``: the causal one from the call, the
@@ -416,7 +429,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         if not targets or not self._ordered():
             self._send(targets, message)
             if local is not None:
-                await local()
+                await self._deliver_here(local)
             return
         deadline = asyncio.get_running_loop().time() + self.order_timeout
         entry = self._gate.join()
@@ -425,7 +438,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             try:
                 self._send(targets, message, emission=emission)
                 if local is not None:
-                    await local()
+                    await self._deliver_here(local)
                 await self._wait_applied(emission, deadline)
             finally:
                 self._finish(emission)
@@ -434,11 +447,20 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         # caller is cancelled meanwhile, the message still goes to the peers, in order
         try:
             if local is not None:
-                await local()
+                await self._deliver_here(local)
         finally:
             rest = asyncio.ensure_future(self._send_in_turn(entry, targets, message, deadline))
             rest.add_done_callback(_log_failure)  # when nobody awaits it any more
         await asyncio.shield(rest)
+
+    async def _deliver_here(self, local: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``local`` (this node's half): when order is kept, after every peer message this
+        node received before the call (peers acknowledge on receipt, see
+        :mod:`siomesh.adapter.turns`)."""
+        if self._ordered():
+            await self._inbound.in_turn(local, self.order_timeout)
+        else:
+            await local()
 
     async def _send_in_turn(
         self, entry: GateEntry, targets: list[str], message: dict[str, Any], deadline: float
@@ -461,7 +483,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
                 self._finish(emission)
 
     async def _wait_applied(self, emission: Emission, deadline: float) -> None:
-        """Wait until every peer ``emission`` went to has applied it, or until ``deadline``;
+        """Wait until every peer ``emission`` went to has received it, or until ``deadline``;
         then mark the peers that did not as lagging."""
         if emission.pending > 0:
             links = self.mesh.links
@@ -510,6 +532,11 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             self.order_timeout,
         )
 
+    @property
+    def inbound_idle(self) -> bool:
+        """Every peer message this node received is applied (for tests and drains)."""
+        return self._inbound.idle
+
     def queue_sizes(self) -> dict[str, int]:
         """Messages waiting for an acknowledgement, per peer (for metrics and tests)."""
         return {peer: len(channel) for peer, channel in self._channels.items()}
@@ -555,7 +582,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             self._skip(skipped, {"m": "emit", "ns": namespace, "room": room})
         peers = [peer for peer in peers if peer != self.node_url]
         if not peers:
-            await local()
+            await self._deliver_here(local)
             return
         wire_callback = None
         if callback is not None:
@@ -611,15 +638,18 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
         self, sid: str, namespace: str, room: Room, eio_sid: str | None = None
     ) -> None:
         namespace = namespace or "/"
-        if eio_sid is not None or is_local(self, sid, namespace):
+        if eio_sid is not None:  # python-socketio's own, as the client connects
             await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+            return
+        if is_local(self, sid, namespace):
+            await self._deliver_here(partial(super().enter_room, sid, namespace, room))
             return
         await self._to_owner(sid, {"m": "enter_room", "sid": sid, "ns": namespace, "room": room})
 
     async def leave_room(self, sid: str, namespace: str, room: Room) -> None:
         namespace = namespace or "/"
         if is_local(self, sid, namespace):
-            await super().leave_room(sid, namespace, room)
+            await self._deliver_here(partial(super().leave_room, sid, namespace, room))
             return
         await self._to_owner(sid, {"m": "leave_room", "sid": sid, "ns": namespace, "room": room})
 

@@ -202,8 +202,10 @@ class Cluster:
         return sum(sum(self.mgr(url).queue_sizes().values()) for url in self.meshes)
 
     async def settle(self) -> None:
-        """Every adapter message acknowledged (so applied) everywhere."""
-        await until(lambda: self.queued() == 0)
+        """Every adapter message acknowledged (received) and applied everywhere."""
+        await until(
+            lambda: self.queued() == 0 and all(self.mgr(u).inbound_idle for u in self.meshes)
+        )
         await asyncio.sleep(0.005)
 
     async def cut(self, source: str, peer: str) -> None:
@@ -641,6 +643,22 @@ def slow_apply(c: Cluster, url: str, delay: float, senders: tuple[str, ...] = ()
     mgr._inbound.dispatch = late  # type: ignore[method-assign]
 
 
+def slow_receipt(c: Cluster, url: str, delay: float, senders: tuple[str, ...] = ()) -> None:
+    """``url`` receives the adapter messages of ``senders`` (all when empty) ``delay`` s late,
+    in order (as from a busy or distant node): it acknowledges them that late."""
+    dispatcher = c.meshes[url].links.dispatcher
+    on_frame = dispatcher.callbacks[FrameType.ADAPTER]
+    loop = asyncio.get_running_loop()
+
+    def late(link: Link, payload: bytes) -> None:
+        if not senders or link.peer in senders:
+            loop.call_later(delay, on_frame, link, payload)
+        else:
+            on_frame(link, payload)
+
+    dispatcher.on(FrameType.ADAPTER, late)
+
+
 def drop_stable_notices(mesh: SioMesh) -> None:
     """``mesh`` no longer hears stable watermarks (as from a node that predates them)."""
     dispatcher = mesh.links.dispatcher
@@ -652,20 +670,56 @@ def events(c: Cluster, url: str) -> list[str]:
     return [d for _, d in c.sent[url]]
 
 
-async def test_an_emit_returns_once_every_peer_applied_it() -> None:
-    """Emit-completion order: C applies A's messages late; once A's emit returned, C's clients
-    have the message, so B's next emit reaches them after it (without the wait, B's came
-    first: C applies B's messages at once)."""
+async def test_an_emit_returns_once_every_peer_received_it() -> None:
+    """Emit-completion order: C receives A's messages late, so A's emit returns only then;
+    B's next emit reaches C's clients after A's (without the wait, B's came first)."""
     async with Cluster(A, B, C) as c:
         await connected(c.sios[C], "eioC1")
-        slow_apply(c, C, 0.05, senders=(A,))
+        slow_receipt(c, C, 0.05, senders=(A,))
         started = time.monotonic()
         await c.sios[A].emit("n", 1)
-        assert events(c, C) == ['2["n",1]']
         assert 0.04 < time.monotonic() - started < c.mgr(A).order_timeout
         await c.sios[B].emit("n", 2)
         await c.settle()
         assert events(c, C) == ['2["n",1]', '2["n",2]']
+
+
+async def test_an_emit_does_not_wait_for_its_peers_to_apply_it_and_order_holds() -> None:
+    """C applies A's messages late (a slow fan-out): A's emit returns on C's receipt. Whatever
+    is emitted after that, by B or by C itself, reaches C's clients after A's message: C
+    applies what it received in arrival order, and its own emits wait for what it received
+    before them."""
+    async with Cluster(A, B, C) as c:
+        await connected(c.sios[C], "eioC1")
+        await c.sios[A].emit("warm", 0)
+        await c.settle()
+        slow_apply(c, C, 0.1, senders=(A,))
+        started = time.monotonic()
+        await c.sios[A].emit("n", 1)
+        assert time.monotonic() - started < 0.08  # received, not applied yet
+        assert events(c, C) == ['2["warm",0]']
+        await c.sios[B].emit("n", 2)
+        await c.sios[C].emit("n", 3)  # C's own: after what C received before
+        assert events(c, C) == ['2["warm",0]', '2["n",1]', '2["n",2]', '2["n",3]']
+        assert c.mgr(C).stats["turn_timeouts"] == 0
+
+
+async def test_a_local_delivery_waits_order_timeout_at_most_for_a_slow_apply(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler run for a peer's message hangs: this node's own emits wait
+    ``order_timeout`` at most for it, are counted, and a WARNING says so."""
+    async with Cluster(A, B) as c:
+        await connected(c.sios[B], "eioB1")
+        slow_apply(c, B, 5.0, senders=(A,))
+        c.mgr(B).order_timeout = 0.1
+        await c.sios[A].emit("stuck", 1)
+        started = time.monotonic()
+        await c.sios[B].emit("own", 1)
+        assert 0.09 < time.monotonic() - started < 1.0
+        assert events(c, B) == ['2["own",1]']
+        assert c.mgr(B).stats["turn_timeouts"] == 1
+        assert "were not applied within adapter.order_timeout" in caplog.text
 
 
 async def test_concurrent_emits_are_pipelined_and_stay_in_call_order() -> None:
@@ -673,26 +727,28 @@ async def test_concurrent_emits_are_pipelined_and_stay_in_call_order() -> None:
         await connected(c.sios[B], "eioB1")
         await connected(c.sios[C], "eioC1")
         slow_apply(c, B, 0.002)
-        c.mgr(A).order_timeout = 2.0  # the last ones wait for B to apply the 99 before them
+        slow_receipt(c, C, 0.002)
+        c.mgr(A).order_timeout = 2.0
         started = time.monotonic()
         await asyncio.gather(*(c.sios[A].emit("n", i) for i in range(100)))
         took = time.monotonic() - started
+        await c.settle()
         expected = [f'2["n",{i}]' for i in range(100)]
-        assert events(c, B) == expected and events(c, C) == expected  # all applied already
-        assert took < 1.0  # ~0.2 s: B applies them one by one; not one round trip each
+        assert events(c, B) == expected and events(c, C) == expected
+        assert took < 1.0  # not one round trip each
         assert c.mgr(A).link_stats()[B]["order_timeouts"] == 0
 
 
 async def test_a_client_that_received_a_message_is_heard_after_it_everywhere() -> None:
-    """Causal order: B applied A's message m (C applies A's messages late); an emit B makes
+    """Causal order: B applied A's message m (C receives A's messages late); an emit B makes
     now (as a client of B would, on receiving m) reaches C after m: B holds it until A reports
-    m applied everywhere. Emits made on B meanwhile keep their call order."""
+    m received everywhere. Emits made on B meanwhile keep their call order."""
     async with Cluster(A, B, C) as c:
         await connected(c.sios[B], "eioB1")
         await connected(c.sios[C], "eioC1")
         await c.sios[A].emit("warm", 0)  # links up, stable watermarks announced
         await c.settle()
-        slow_apply(c, C, 0.05, senders=(A,))
+        slow_receipt(c, C, 0.05, senders=(A,))
         m = asyncio.ensure_future(c.sios[A].emit("m", 1))
         await until(lambda: '2["m",1]' in events(c, B))
         started = time.monotonic()
@@ -711,12 +767,12 @@ async def test_an_emit_cancelled_while_it_waits_for_causal_order_is_still_sent_i
         await connected(c.sios[C], "eioC1")
         await c.sios[A].emit("warm", 0)
         await c.settle()
-        slow_apply(c, C, 0.1, senders=(A,))
+        slow_receipt(c, C, 0.1, senders=(A,))
         m = asyncio.ensure_future(c.sios[A].emit("m", 1))
         await until(lambda: adapter(c.meshes[B]).stats["received"] == 2)
         reply = asyncio.ensure_future(c.sios[B].emit("reply", 1))
         await asyncio.sleep(0.02)
-        assert c.mgr(B)._gate  # it waits for m to be applied everywhere
+        assert c.mgr(B)._gate  # it waits for m to be received everywhere
         reply.cancel()
         await m
         await c.settle()
