@@ -241,6 +241,11 @@ class Inbound:
                     self._acks.update(self._held_acks)
                     self._held_acks.clear()
                     self._schedule_flush()
+                if inbox:
+                    # a fan-out does not suspend: without this, a backlog of peer messages
+                    # would hold the loop for all of them, and the clients' writers, pings
+                    # and the links' readers would wait behind it (600 receivers: seconds)
+                    await asyncio.sleep(0)
         finally:
             if not inbox:
                 self.flush_acks()
