@@ -51,16 +51,22 @@ def recorder(dispatcher: Dispatcher, kind: FrameType) -> list[bytes]:
     return seen
 
 
+async def exchange_in_order(pair: LinkPair, n: int = 500) -> None:
+    """Each side sends ``n`` GOSSIP frames in one event-loop turn; each gets the other's, in
+    order, once."""
+    to_acceptor = recorder(pair.acceptor_dispatcher, FrameType.GOSSIP)
+    to_dialler = recorder(pair.dialler_dispatcher, FrameType.GOSSIP)
+    for i in range(n):
+        assert pair.dialler.send(FrameType.GOSSIP, 0, b"d%d" % i)
+        assert pair.acceptor.send(FrameType.GOSSIP, 0, b"a%d" % i)
+    await until(lambda: len(to_acceptor) == n and len(to_dialler) == n)
+    assert to_acceptor == [b"d%d" % i for i in range(n)]
+    assert to_dialler == [b"a%d" % i for i in range(n)]
+
+
 async def test_frames_flow_in_order_both_ways() -> None:
     async with LinkPair() as pair:
-        to_acceptor = recorder(pair.acceptor_dispatcher, FrameType.GOSSIP)
-        to_dialler = recorder(pair.dialler_dispatcher, FrameType.GOSSIP)
-        for i in range(500):
-            assert pair.dialler.send(FrameType.GOSSIP, 0, b"d%d" % i)
-            assert pair.acceptor.send(FrameType.GOSSIP, 0, b"a%d" % i)
-        await until(lambda: len(to_acceptor) == 500 and len(to_dialler) == 500)
-        assert to_acceptor == [b"d%d" % i for i in range(500)]
-        assert to_dialler == [b"a%d" % i for i in range(500)]
+        await exchange_in_order(pair)
         assert pair.dialler_stats["link_frames_sent"] == 500
         assert pair.acceptor_stats["link_frames_received"] == 500
         assert pair.dialler_stats["link_bytes_sent"] == sum(len(f) for f in pair.wire_to_acceptor)
@@ -479,18 +485,11 @@ async def test_every_stream_gets_an_answer(
 
 async def test_batches_carry_queued_frames_in_order_both_ways() -> None:
     async with LinkPair(features=True) as pair:
-        to_acceptor = recorder(pair.acceptor_dispatcher, FrameType.GOSSIP)
-        to_dialler = recorder(pair.dialler_dispatcher, FrameType.GOSSIP)
         # the dialler learns from the acceptor's first frame (FEATURES) that it reads them
         await until(lambda: pair.dialler.batching)
         assert pair.dialler.features == pair.acceptor.features == LINK_FEATURES
         assert pair.dialler.binary_meta
-        for i in range(500):  # queued in one event-loop turn: they leave in few messages
-            assert pair.dialler.send(FrameType.GOSSIP, 0, b"d%d" % i)
-            assert pair.acceptor.send(FrameType.GOSSIP, 0, b"a%d" % i)
-        await until(lambda: len(to_acceptor) == 500 and len(to_dialler) == 500)
-        assert to_acceptor == [b"d%d" % i for i in range(500)]
-        assert to_dialler == [b"a%d" % i for i in range(500)]
+        await exchange_in_order(pair)  # queued in one loop turn: they leave in few messages
         assert pair.dialler_stats["link_frames_sent"] == 500
         assert pair.dialler_stats["link_messages_sent"] == len(pair.wire_to_acceptor)
         assert len(pair.wire_to_acceptor) < 10
