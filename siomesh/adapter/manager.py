@@ -534,7 +534,7 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
 
     @property
     def inbound_idle(self) -> bool:
-        """Every peer message this node received is applied (for tests and drains)."""
+        """Every peer message this node received is applied (for tests)."""
         return self._inbound.idle
 
     def queue_sizes(self) -> dict[str, int]:

@@ -167,7 +167,11 @@ def _start(kind: str, workdir: Path, balancer: tuple[str, str, str] | None) -> _
     """Start a setup: ``kind`` is MESH or STICKY; ``balancer`` is (name, template, host)."""
     setup = _Setup()
     try:
-        env = {"ECHO_PING_INTERVAL": "25"}
+        # ping_timeout 60 s in both setups: a burst leaves each receiver seconds of backlog
+        # (600 receivers on 2 cores: ~14 s), the server's PING waits behind it, and
+        # python-engineio's client stops writing after max(interval, timeout) + 5 s with
+        # nothing to send (the PONG): with 20 s, receivers dropped in both setups
+        env = {"ECHO_PING_INTERVAL": "25", "ECHO_PING_TIMEOUT": "60"}
         if kind == STICKY:
             binary = binary_for("redis-server") or "redis-server"
             setup.redis = RedisServer(binary, workdir=workdir).start()
