@@ -67,6 +67,7 @@ from .local import (
 from .wire import DedupWindow, WireError, encode_message, pack, unpack
 
 if TYPE_CHECKING:
+    from ..recovery import Recovery
     from ..seams import NodeContext
 
 __all__ = [
@@ -110,6 +111,22 @@ def _as_args(data: Any) -> list[Any]:
     if data is None:
         return []
     return [data]
+
+
+async def _logged_local_emit(
+    manager: MeshManager,
+    recovery: Recovery,
+    offset: str,
+    event: str,
+    args: list[Any],
+    namespace: str,
+    room: Room | None,
+    skip_sid: Any,
+) -> None:
+    """This node's half of an emit with a recovery offset: log it, then deliver it (both in
+    the delivery's turn, so the log's order is the order this node's clients get events)."""
+    recovery.note_emit(offset, event, args, namespace, room, skip_sid)
+    await local_emit(manager, event, tuple(args), namespace, room, skip_sid, None)
 
 
 def _rooms_list(rooms: Room | Iterable[Room]) -> list[Room]:
@@ -572,8 +589,15 @@ class MeshManager(socketio.AsyncManager):  # type: ignore[misc]
             offset = recovery.new_offset()
             args = [*_as_args(data), offset]
             data = tuple(args)
-            recovery.note_emit(offset, event, args, namespace, room, skip_sid)
-        local = partial(local_emit, self, event, data, namespace, room, skip_sid, callback)
+            # Logged when this node delivers it, in its turn (after the peer messages it had
+            # received): the log is replayed to recovering clients in its order, which must
+            # be the order this node's clients got the events in.
+            local = partial(
+                _logged_local_emit, self, recovery, offset, event, args, namespace, room,
+                skip_sid,
+            )  # fmt: skip
+        else:
+            local = partial(local_emit, self, event, data, namespace, room, skip_sid, callback)
         if kwargs.get("ignore_queue"):
             await local()
             return

@@ -124,12 +124,21 @@ def _check_everyone(result: dict[str, Any]) -> None:
         raise
 
 
+def _out_of_order(got: list[int]) -> list[tuple[int, list[int]]]:
+    """Where ``got`` is not 0, 1, 2, ...: (position, the values around it), at most 5 places."""
+    places = [i for i, value in enumerate(got) if value != i][:5]
+    return [(i, got[max(0, i - 2) : i + 3]) for i in places]
+
+
 def _check_each(result: dict[str, Any]) -> None:
     sequences = {tuple(c["got"]) for c in result["per"]}
     assert len(sequences) == 1, [
-        (c["index"], c["received"], c["connects"], c["recovered"], c["connected"], c["got"][-3:])
+        (
+            c["index"], c["received"], c["connects"], c["recovered"], c["connected"],
+            _out_of_order(c["got"]),
+        )
         for c in result["per"]
-    ]
+    ]  # fmt: skip
     got = list(sequences.pop())
     assert got == sorted(set(got)), got  # once each, in order
     # the sender is never cut here: nothing may be missing

@@ -30,9 +30,13 @@ C = "http://127.0.0.1:9103"
 T = 3.0  # bound of every wait
 
 
-def node(url: str, peers: tuple[str, ...] = (A, B), **kw: Any) -> tuple[SioMesh, Any]:
+def node(
+    url: str, peers: tuple[str, ...] = (A, B), env: dict[str, str] | None = None, **kw: Any
+) -> tuple[SioMesh, Any]:
     sio = socketio.AsyncServer(async_mode="asgi", **kw)
-    mesh = SioMesh(socketio.ASGIApp(sio), node_url=url, peers=list(peers), secret=SECRET, env={})
+    mesh = SioMesh(
+        socketio.ASGIApp(sio), node_url=url, peers=list(peers), secret=SECRET, env=env or {}
+    )
     return mesh, sio
 
 
@@ -149,7 +153,12 @@ class Cluster:
     """Meshes whose adapters talk over real links in memory; records what each node sends to
     its clients (``sent[url]``: (eio sid, encoded packet))."""
 
-    def __init__(self, *urls: str, started: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        *urls: str,
+        started: tuple[str, ...] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         #: the nodes started on entry (default: all), which then wait to hear from each other
         self.started = urls if started is None else started
         self.net = MemoryNet()
@@ -157,7 +166,7 @@ class Cluster:
         self.sios: dict[str, Any] = {}
         self.sent: dict[str, list[tuple[str, Any]]] = {}
         for url in urls:
-            mesh, sio = node(url, peers=urls)
+            mesh, sio = node(url, peers=urls, env=env)
             self.net.attach(mesh)
             self.meshes[url] = mesh
             self.sios[url] = sio
@@ -702,6 +711,22 @@ async def test_an_emit_does_not_wait_for_its_peers_to_apply_it_and_order_holds()
         await c.sios[C].emit("n", 3)  # C's own: after what C received before
         assert events(c, C) == ['2["warm",0]', '2["n",1]', '2["n",2]', '2["n",3]']
         assert c.mgr(C).stats["turn_timeouts"] == 0
+
+
+async def test_the_recovery_log_keeps_the_order_the_clients_got() -> None:
+    """With connection state recovery, every node logs every event it delivers, and replays
+    its log to a recovering client: C's own emit, made while A's message waits in C's apply
+    queue, is logged after A's, as C's clients got them (it was logged first when the emit
+    was called, and a client recovering on C got the two swapped)."""
+    async with Cluster(A, C, env={"SIOMESH_RECOVERY_ENABLED": "1"}) as c:
+        await connected(c.sios[C], "eioC1")
+        slow_apply(c, C, 0.1, senders=(A,))
+        await c.sios[A].emit("n", 1)  # received by C, not applied yet
+        await c.sios[C].emit("n", 2)
+        await c.settle()
+        assert [json.loads(d[1:])[1] for d in events(c, C)] == [1, 2]
+        recovery = c.meshes[C].node.recovery
+        assert [entry.args[0] for entry in recovery.log.entries] == [1, 2]
 
 
 async def test_a_local_delivery_waits_order_timeout_at_most_for_a_slow_apply(
