@@ -13,8 +13,9 @@ ends up owning the session, and no app state is left behind on *A*.
 1. **Hold (A).** A session created by a polling handshake holds its Socket.IO layer: Engine.IO
    MESSAGE packets it receives (the JS client's CONNECT, sent by polling alongside its upgrade
    probe) are buffered, not given to python-socketio, until the session settles: its upgrade
-   completes on *A* itself (the UPGRADE packet), or ``takeover.window`` passes after the
-   handshake (the held packets are then dispatched, in order), or it is handed off.
+   completes on *A* itself (the UPGRADE packet, seen by :meth:`Takeover.watch_upgrade`), or
+   ``takeover.window`` passes after the handshake (the held packets are then dispatched, in
+   order), or it is handed off.
    python-socketio's client upgrades before it sends anything, so it is never held.
 2. **Claim (B).** The upgrade lands on *B*, which sends ``session.takeover`` to *A* over its
    control link (authenticated: *A* hands the session only to the member that proved the
