@@ -296,6 +296,32 @@ async def test_an_upgrade_on_the_owner_ends_the_hold_at_once() -> None:
         await ws.close(task)
 
 
+async def test_an_upgrade_relayed_to_the_owner_ends_the_hold_at_once() -> None:
+    """The same when the WebSocket lands on a node that cannot take the session over (here its
+    takeover is off) and is relayed to the owner: the upgrade completes on the owner, which
+    ends the hold then."""
+    o = Owner()
+    o.forwarder.node.takeover.enabled = False
+    takeover = o.owner.node.takeover
+    takeover.config = type(takeover.config)(window=1.5, max_window=1.5)
+    async with o:
+        seen: list[dict[str, Any]] = []
+        _count_connects(o.sio, seen)
+        sid = await _handshake(o, [(b"user-agent", b"relayed client")])
+        query = f"EIO=4&transport=polling&sid={sid}".encode()
+        await call(o.owner, "POST", "/socket.io/", query, [(b"content-length", b"2")], b"40")
+        poll = asyncio.ensure_future(call(o.owner, "GET", "/socket.io/", query))
+        started = asyncio.get_running_loop().time()
+        ws = Socket(sid)
+        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        await ws.upgrade()
+        assert (await ws.text()).startswith("40{")
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert len(seen) == 1 and o.forwarder.stats["relayed_websockets"] == 1
+        await asyncio.wait_for(poll, 2)
+        await ws.close(task)
+
+
 async def test_probes_later_than_the_window_do_not_teach_that_a_kind_never_upgrades() -> None:
     """In a connect storm probes come after the window: the held CONNECTs are dispatched at
     its end, but the sessions count as ones that did not upgrade only after ``max_window``.
