@@ -593,19 +593,29 @@ class Recovery:
     async def _take_here(
         self, pid: str, offset: str, namespace: str | None
     ) -> dict[str, Any] | str | None:
-        """:meth:`take`, once a hand-off of ``pid`` in flight has ended, or once ``pid``'s
-        session, still connected here, is kept (at most :data:`HANDOFF_WAIT`)."""
-        if pid in self._handing and self._handed is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._handed.wait(), self._timeout)
-        elif pid in self._live and pid not in self.kept:
+        """:meth:`take`, once ``pid``'s session, still connected here, is kept (at most
+        :data:`HANDOFF_WAIT`), and once a hand-off of it in flight has ended.
+
+        Both, in that order: on a draining node a session dropped during the first wait can
+        be kept and handed to the successor at once; the answer is then the pointer to that
+        peer, known only once the hand-off ended (taken at once, it was None, and the client
+        reconnected unrecovered)."""
+        if pid in self._live and pid not in self.kept and pid not in self._handing:
             namespace_of, sid_of_pid = self._live[pid]
             with contextlib.suppress(Exception):  # python-socketio's public manager API
                 self._hurry(self._sio.manager.eio_sid_from_sid(sid_of_pid, namespace_of))
             loop = asyncio.get_running_loop()
             until = loop.time() + HANDOFF_WAIT
-            while pid in self._live and pid not in self.kept and loop.time() < until:
+            while (
+                pid in self._live
+                and pid not in self.kept
+                and pid not in self._handing
+                and loop.time() < until
+            ):
                 await asyncio.sleep(0.01)
+        if pid in self._handing and self._handed is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._handed.wait(), self._timeout)
         return self.take(pid, offset, namespace)
 
     async def _serve_home(

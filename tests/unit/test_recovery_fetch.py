@@ -326,6 +326,36 @@ async def test_a_session_still_connected_here_is_waited_for_briefly() -> None:
     assert HANDOFF_WAIT <= loop.time() - started < HANDOFF_WAIT + 0.5
 
 
+async def test_a_session_dropped_and_handed_off_while_waited_for_is_followed() -> None:
+    """On a draining node, a call for a session still connected waits for it to be kept;
+    the drain can keep it and hand it to its successor at once. The answer is then the
+    pointer to that peer, once the hand-off ended (it was None: the client reconnected
+    unrecovered, seen in the rolling-restart recovery test)."""
+    draining = node(A, Peers([A, B, C]))
+    draining.enabled = True
+    pid = pid_of(A)
+    draining._bind(("/", "the-sid"), pid)
+    release = asyncio.Event()
+
+    async def hand(handing: dict[str, Kept], now: float, bound: float | None) -> str | None:
+        await release.wait()
+        return C
+
+    draining._hand = hand  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    handing: list[asyncio.Future[int]] = []
+
+    def dropped_then_handed() -> None:
+        draining._unbind(("/", "the-sid"))
+        keep(draining, pid, ["t.1"])
+        handing.append(asyncio.ensure_future(draining.hand_off()))
+        loop.call_later(0.05, release.set)
+
+    loop.call_later(0.02, dropped_then_handed)
+    assert await draining._take_here(pid, "t.1", "/") == C
+    assert await handing[0] == 1
+
+
 def test_pointers_are_bounded() -> None:
     recovery = node(A, Peers([A, B]))
     pids = [pid_of(A) for _ in range(recovery.max_pointers + 2)]
