@@ -250,6 +250,8 @@ class SioMesh:
             # Nothing reached the client: fall through to the local server's own answer.
         elif decision.action is Action.REJECT:
             self.node.stats.bump("rejected")
+        elif sid is not None and scope["type"] == "websocket":
+            receive = takeover.watch_upgrade(sid, receive)  # an upgrade landing on the owner
         await self.app(scope, receive, send)
 
     def _next_peer(self) -> str | None:

@@ -517,6 +517,8 @@ class MeshNode:
             if sid is not None and sid in self.local_sids:
                 if websocket:
                     self._note_relay(sid, scope)
+                    # relayed here (its claim failed): the upgrade still completes here
+                    receive = takeover.watch_upgrade(sid, receive)
                 elif debug:
                     self._note_forwarded(sid, str(scope.get(FORWARDED_BY, "")))
             elif sid is not None:

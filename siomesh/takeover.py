@@ -13,8 +13,9 @@ ends up owning the session, and no app state is left behind on *A*.
 1. **Hold (A).** A session created by a polling handshake holds its Socket.IO layer: Engine.IO
    MESSAGE packets it receives (the JS client's CONNECT, sent by polling alongside its upgrade
    probe) are buffered, not given to python-socketio, until the session settles: its upgrade
-   completes on *A* itself (the UPGRADE packet), or ``takeover.window`` passes after the
-   handshake (the held packets are then dispatched, in order), or it is handed off.
+   completes on *A* itself (the UPGRADE packet, seen by :meth:`Takeover.watch_upgrade`), or
+   ``takeover.window`` passes after the handshake (the held packets are then dispatched, in
+   order), or it is handed off.
    python-socketio's client upgrades before it sends anything, so it is never held.
 2. **Claim (B).** The upgrade lands on *B*, which sends ``session.takeover`` to *A* over its
    control link (authenticated: *A* hands the session only to the member that proved the
@@ -52,7 +53,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -211,6 +212,8 @@ class Takeover:
                     return None
                 return await self._dispatch(hold, pkt)
             result = await hold.inner(pkt)
+            # (python-engineio 4 reads a WebSocket's UPGRADE packet itself; an upgrade that
+            # lands here is seen by watch_upgrade. Kept for a server that passes it on.)
             if kind == _UPGRADE:
                 if hold.polled:
                     self.forecast.record(hold.agent, True)
@@ -242,12 +245,77 @@ class Takeover:
 
     def _release_later(self, socket: Any) -> None:
         hold: Hold | None = getattr(socket, "siomesh_hold", None)
-        if hold is not None and hold.polled and hold.phase == "held":
-            # the window passed with no claim: (so far) a session that did not upgrade
-            self.forecast.record(hold.agent, False)
+        if hold is not None and hold.phase == "held":
+            loop = asyncio.get_running_loop()
+            # The window as it stands now, not as it stood when the timer was set: in a
+            # connect storm the first late claims grow it while earlier sessions are held.
+            deadline = hold.created + self.window()
+            if deadline > loop.time() + 0.001 and hold.polled:
+                hold.timer = loop.call_at(deadline, self._release_later, socket)
+                return
+            hold.timer = None
+            if hold.polled:
+                # No claim yet; the probe may still come (late, under a storm). Only once
+                # nothing can be held that long does the session count as one that did not
+                # upgrade: counted at the end of the window, a storm's late probes taught the
+                # forecast that their kind never upgrades, and the next sessions of that kind
+                # were not held and were relayed.
+                loop.call_at(
+                    hold.created + max(self.window(), self.config.max_window),
+                    self._no_upgrade,
+                    hold,
+                )
         task = asyncio.ensure_future(self.release(socket))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def watch_upgrade(
+        self, sid: str, receive: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> Callable[[], Awaitable[dict[str, Any]]]:
+        """``receive`` of a WebSocket for session ``sid`` that this node, its owner, serves
+        (its upgrade landed here): once the client's UPGRADE packet has been read, the
+        session's hold ends and its outcome is recorded (it upgraded). python-engineio reads
+        the probe and the UPGRADE packet itself, so they never reach the packet-in hook: without
+        this, a JS client whose upgrade landed on its owner had its CONNECT held for the whole
+        window, and counted as a client that does not upgrade."""
+        socket = self._eio.sockets.get(sid)
+        hold: Hold | None = getattr(socket, "siomesh_hold", None)
+        if socket is None or hold is None or hold.phase != "held":
+            return receive
+        loop = asyncio.get_running_loop()
+        watching = True
+
+        async def watched() -> dict[str, Any]:
+            nonlocal watching
+            message = await receive()
+            if watching and message.get("type") == "websocket.receive":
+                data = message.get("text") or message.get("bytes")
+                if data in ("5", b"5"):
+                    watching = False
+                    # python-engineio marks the socket upgraded as soon as it reads this,
+                    # before its next await: after this task's step, it has
+                    loop.call_soon(self._upgraded_here, socket)
+            return message
+
+        return watched
+
+    def _upgraded_here(self, socket: Any) -> None:
+        hold: Hold | None = getattr(socket, "siomesh_hold", None)
+        if hold is None or hold.phase != "held" or not socket.upgraded:
+            return
+        if hold.polled:
+            hold.polled = False  # one outcome per session
+            self.forecast.record(hold.agent, True)
+        task = asyncio.ensure_future(self.release(socket))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _no_upgrade(self, hold: Hold) -> None:
+        """``max_window`` passed since the handshake of a session held for its probe: if its
+        transport has not moved or upgraded by now (its outcome is still open), it did not."""
+        if hold.polled:
+            hold.polled = False  # one outcome per session
+            self.forecast.record(hold.agent, False)
 
     async def release(self, socket: Any) -> None:
         """End a session's hold: dispatch its held packets, in order (idempotent)."""

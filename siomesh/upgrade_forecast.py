@@ -14,6 +14,13 @@ with fewer than ``evidence`` outcomes, and kinds with any upgrade among their la
 outcomes are held as before. A wrong guess (a session not held whose WebSocket then lands on
 another node) costs one relayed WebSocket and is recorded, so that kind is held again.
 
+One kind is known before any evidence: python-engineio's own clients (python-socketio's
+``AsyncClient`` and ``Client``, with aiohttp's and requests' default ``User-Agent``) either
+upgrade before they send anything or never upgrade at all; so a session of theirs whose first
+packet comes by polling is polling-only, and is not held from its first connect (on a fresh
+node, a storm of them would otherwise all wait the window). An upgrade recorded for the kind
+(a client that sets that same ``User-Agent`` and behaves otherwise) puts it back on hold.
+
 Bounded: at most ``kinds`` kinds (least recently seen forgotten first), ``memory`` outcomes
 each; the ``User-Agent`` is cut to 200 characters. A client can only mislead the forecast for
 clients that send the same ``User-Agent``, and only into holding (the default) or, by never
@@ -24,11 +31,15 @@ Pure: no I/O, no clock. Not thread-safe (the node's event loop only).
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict, deque
 
 __all__ = ["UpgradeForecast"]
 
 _AGENT_CHARS = 200
+#: python-engineio's clients' default User-Agents (aiohttp's, for the asyncio client;
+#: requests', for the threaded one): they upgrade before sending anything, or never
+_POLLS_ONLY_WHEN_IT_POLLS = re.compile(r"Python/\d[\d.]* aiohttp/|python-requests/")
 
 
 class UpgradeForecast:
@@ -48,10 +59,13 @@ class UpgradeForecast:
 
     def may_upgrade(self, agent: str | None) -> bool:
         """Whether a new session of this kind may still upgrade (hold it)."""
-        outcomes = self._seen.get(self._key(agent))
-        if outcomes is None or len(outcomes) < self._evidence:
+        key = self._key(agent)
+        outcomes = self._seen.get(key)
+        if outcomes is not None and any(outcomes):
             return True
-        return any(outcomes)
+        if _POLLS_ONLY_WHEN_IT_POLLS.match(key):
+            return False
+        return outcomes is None or len(outcomes) < self._evidence
 
     def record(self, agent: str | None, upgraded: bool) -> None:
         """One session of this kind that sent its first packet by polling: did it upgrade?"""

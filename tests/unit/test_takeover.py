@@ -81,6 +81,23 @@ async def _handshake(o: Owner, headers: Any = ()) -> str:
     return sid
 
 
+def _owner_holding(window: float, max_window: float) -> Owner:
+    """Two nodes whose owner holds new sessions ``window`` s (up to ``max_window``)."""
+    o = Owner()
+    takeover = o.owner.node.takeover
+    takeover.config = type(takeover.config)(window=window, max_window=max_window)
+    return o
+
+
+async def _connect_by_polling(o: Owner, agent: str | None = None) -> tuple[str, bytes]:
+    """Handshake on the owner, then send the CONNECT by polling (as the JS client does, beside
+    its upgrade probe): the sid and the session's polling query."""
+    sid = await _handshake(o, [(b"user-agent", agent.encode())] if agent else [])
+    query = f"EIO=4&transport=polling&sid={sid}".encode()
+    await call(o.owner, "POST", "/socket.io/", query, [(b"content-length", b"2")], b"40")
+    return sid, query
+
+
 async def test_upgrade_landing_elsewhere_is_taken_over_not_relayed() -> None:
     """python-socketio's client: handshake on the owner, then at once the upgrade, which lands
     on the other node: that node takes the session over and serves the WebSocket; the connect
@@ -234,9 +251,8 @@ async def test_polling_only_connect_waits_at_most_the_window() -> None:
 async def test_a_kind_that_never_upgrades_is_no_longer_held() -> None:
     """After 8 sessions of one User-Agent that polled their CONNECT and were never claimed,
     the next session of that kind is answered at once; another kind is still held."""
-    o = Owner()
-    o.owner.node.takeover.config = type(o.owner.node.takeover.config)(window=0.05)
-    agent = [(b"user-agent", b"Python/3.11 aiohttp/3.14")]
+    o = _owner_holding(0.05, 0.1)
+    agent = [(b"user-agent", b"some-client/1.0")]
     async with o:
         seen: list[dict[str, Any]] = []
         _count_connects(o.sio, seen)
@@ -252,11 +268,99 @@ async def test_a_kind_that_never_upgrades_is_no_longer_held() -> None:
         for _ in range(8):
             await connect(agent)
         assert stats["takeover_holds_skipped"] == 0
+        # an outcome counts once max_window passed since the handshake (a probe can be late)
+        forecast = o.owner.node.takeover.forecast
+        await until(lambda: not forecast.may_upgrade("some-client/1.0"))
         await connect(agent)
         assert stats["takeover_holds_skipped"] == 1
         await connect([(b"user-agent", b"Mozilla/5.0")])
         assert stats["takeover_holds_skipped"] == 1
         assert len(seen) == 10
+
+
+async def test_an_upgrade_on_the_owner_ends_the_hold_at_once() -> None:
+    """The JS client sends its CONNECT by polling beside its probe, and the probe lands on the
+    owner itself: the CONNECT is answered as soon as the upgrade completes, not when the
+    window ends, and the session counts as one that upgraded (python-engineio reads the
+    UPGRADE packet itself: it never reaches the packet-in hook)."""
+    o = _owner_holding(1.5, 1.5)
+    takeover = o.owner.node.takeover
+    agent = "socket.io-client on the owner"
+    async with o:
+        seen: list[dict[str, Any]] = []
+        _count_connects(o.sio, seen)
+        sid, query = await _connect_by_polling(o, agent)
+        poll = asyncio.ensure_future(call(o.owner, "GET", "/socket.io/", query))
+        await asyncio.sleep(0.05)
+        assert seen == []  # held
+        started = asyncio.get_running_loop().time()
+        ws = Socket(sid)
+        task = asyncio.ensure_future(o.owner(ws.scope, ws.to_server.get, ws.to_client.put))
+        await ws.upgrade()
+        assert (await ws.text()).startswith("40{")
+        assert asyncio.get_running_loop().time() - started < 0.5  # not the 1.5 s window
+        assert len(seen) == 1
+        _, _, body = await asyncio.wait_for(poll, 2)
+        assert body == b"6"  # the poll the upgrade ended
+        assert takeover.forecast.may_upgrade(agent)
+        assert list(takeover.forecast._seen[agent]) == [True]
+        await ws.close(task)
+
+
+async def test_an_upgrade_relayed_to_the_owner_ends_the_hold_at_once() -> None:
+    """The same when the WebSocket lands on a node that cannot take the session over (here its
+    takeover is off) and is relayed to the owner: the upgrade completes on the owner, which
+    ends the hold then."""
+    o = _owner_holding(1.5, 1.5)
+    o.forwarder.node.takeover.enabled = False
+    async with o:
+        seen: list[dict[str, Any]] = []
+        _count_connects(o.sio, seen)
+        sid, query = await _connect_by_polling(o, "relayed client")
+        poll = asyncio.ensure_future(call(o.owner, "GET", "/socket.io/", query))
+        started = asyncio.get_running_loop().time()
+        ws = Socket(sid)
+        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        await ws.upgrade()
+        assert (await ws.text()).startswith("40{")
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert len(seen) == 1 and o.forwarder.stats["relayed_websockets"] == 1
+        await asyncio.wait_for(poll, 2)
+        await ws.close(task)
+
+
+async def test_probes_later_than_the_window_do_not_teach_that_a_kind_never_upgrades() -> None:
+    """In a connect storm probes come after the window: the held CONNECTs are dispatched at
+    its end, but the sessions count as ones that did not upgrade only after ``max_window``.
+    Counted at the window's end, 8 late probes made the forecast stop holding their kind, and
+    the next sessions of that kind were relayed for life."""
+    o = _owner_holding(0.05, 0.6)
+    takeover = o.owner.node.takeover
+    agent = "socket.io-client storm"
+    async with o:
+        seen: list[dict[str, Any]] = []
+        _count_connects(o.sio, seen)
+        for _ in range(9):
+            await _connect_by_polling(o, agent)
+        await until(lambda: len(seen) == 9)  # every hold ended with the window
+        assert takeover.forecast.may_upgrade(agent)  # no outcome yet
+        assert o.owner.node.stats["takeover_holds_skipped"] == 0
+        await until(lambda: not takeover.forecast.may_upgrade(agent))  # after max_window
+
+
+async def test_a_hold_ends_with_the_window_as_it_stands_when_it_would_end() -> None:
+    """The first late claims of a storm grow the window while earlier sessions are held: a
+    session held under the old window stays held until the grown one ends."""
+    o = _owner_holding(0.05, 2.0)
+    takeover = o.owner.node.takeover
+    async with o:
+        seen: list[dict[str, Any]] = []
+        _count_connects(o.sio, seen)
+        await _connect_by_polling(o)
+        takeover._claim_delays.append(0.2)  # a late claim meanwhile: the window is now 0.3 s
+        await asyncio.sleep(0.15)
+        assert seen == []  # still held past the 0.05 s it was held under
+        await until(lambda: len(seen) == 1)
 
 
 async def test_the_hold_grows_when_claims_come_late() -> None:
