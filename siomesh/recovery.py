@@ -578,17 +578,26 @@ class Recovery:
         if isinstance(local, str):
             # this node knows where the session went: ask there (and follow, bounded)
             state = await self._chase(pid, offset, namespace, local, {self._url})
-            if state is not None:
-                self.adopters.pop(pid, None)  # it is here now
+            if not isinstance(state, dict):
+                return None
+            self.adopters.pop(pid, None)  # it is here now
             return state
         home = self._home_of(pid)
         if home is None:
             return None
         answer = await self._ask(home, pid, offset, namespace, forwarded=False)
+        if answer == self._url:
+            # the session was handed to this node while the home looked for it
+            return self._taken_here(pid, offset, namespace)
         if isinstance(answer, str) and answer not in (REFUSED, self._url, home):
             # a peer of an earlier version points instead of forwarding: follow once
             answer = await self._ask(answer, pid, offset, namespace, forwarded=True)
         return answer if isinstance(answer, dict) else None
+
+    def _taken_here(self, pid: str, offset: str, namespace: str | None) -> dict[str, Any] | None:
+        """The session ``pid`` from what this node holds, when a peer says it is here."""
+        state = self.take(pid, offset, namespace)
+        return state if isinstance(state, dict) else None
 
     async def _take_here(
         self, pid: str, offset: str, namespace: str | None
@@ -622,7 +631,9 @@ class Recovery:
         self, pid: str, offset: str, namespace: str | None, requester: str
     ) -> dict[str, Any] | str | None:
         """A peer asks this node, ``pid``'s home (or its stand-in), for the session: give it,
-        or fetch it along the pointer; then point to ``requester``. Never a pointer back."""
+        or fetch it along the pointer; then point to ``requester``. Never a pointer back, but
+        to ``requester`` itself when the session was handed to it meanwhile (a draining home
+        hands its sessions to its successor, which may be the node asking)."""
         local = await self._take_here(pid, offset, namespace)
         if isinstance(local, dict):
             self._point(pid, requester)
@@ -634,7 +645,9 @@ class Recovery:
             if self._owner_of(pid) != self._url or self._minted_here(pid):
                 return None
             first = self.successor(self._url)  # an earlier process under this URL's
-        state = await self._chase(pid, offset, namespace, first, {self._url, requester})
+        state = await self._chase(
+            pid, offset, namespace, first, {self._url, requester}, requester=requester
+        )
         if isinstance(state, dict):
             self._point(pid, requester)
         return state
@@ -646,18 +659,29 @@ class Recovery:
         namespace: str | None,
         target: str | None,
         visited: set[str],
-    ) -> dict[str, Any] | None:
+        requester: str | None = None,
+    ) -> dict[str, Any] | str | None:
         """Follow pointers from ``target`` (at most :data:`MAX_FORWARDS` calls, within one
         ``call_timeout``): a holder that is gone, or knows nothing of ``pid`` (it may have
-        restarted), is stood in for by its successor, once."""
+        restarted), is stood in for by its successor, once.
+
+        A draining holder hands its sessions to its successor, which can be the node asking:
+        a pointer to this node takes the session from what it holds now; a pointer to
+        ``requester`` (the peer this node asks for) is returned as is, for it to do the same."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout / 2
         stood_in = False
         for _ in range(MAX_FORWARDS):
+            if target == self._url:
+                return self._taken_here(pid, offset, namespace)
+            if target is not None and target == requester:
+                return target
             if target is None or target in visited:
                 return None
             if target not in self._reachable():
                 target = self.successor(target)
+                if target is not None and target == requester:
+                    return target
                 if target is None or target in visited:
                     return None
             visited.add(target)

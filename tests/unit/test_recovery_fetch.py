@@ -356,6 +356,52 @@ async def test_a_session_dropped_and_handed_off_while_waited_for_is_followed() -
     assert await handing[0] == 1
 
 
+async def test_a_session_handed_to_the_node_asking_for_it_is_taken_there() -> None:
+    """A draining node's successor can be the very node its client reconnected to: the
+    session is handed there while that node's call waits for it, and the answer points back
+    to the asker. The asker takes it from what it now holds (it answered None: the client
+    reconnected unrecovered, seen in the rolling-restart recovery test)."""
+    peers = Peers([A, B, C])
+    asker = node(C, peers)
+    pid = pid_of(A)
+
+    def handed_here(pid: str, offset: str, forwarded: bool) -> str:
+        keep(asker, pid, ["t.1", "t.2"])  # the adoption lands before the answer
+        return C
+
+    # 1. asking the home: it waited, handed the session to its successor (the asker)
+    peers.replies[A] = handed_here
+    got = await asker._fetch(pid, "t.1", "/")
+    assert got is not None and [e.offset for e in got["missed"]] == ["t.2"]
+    assert peers.calls == [(A, False)]
+    # 2. following a pointer: the holder answers from what it holds, a pointer to the asker
+    peers.calls.clear()
+    other = pid_of(A)
+    asker._point(other, B)
+    peers.replies[B] = handed_here
+    got = await asker._fetch(other, "t.1", "/")
+    assert got is not None and got["sid"] == "the-sid"
+    assert peers.calls == [(B, True)]
+
+
+async def test_a_home_whose_session_went_to_the_asker_points_it_there() -> None:
+    """The home (or a fresh process under its URL) finds, along its pointer, that the
+    session went to the very peer asking: it says so, and that peer takes it from what it
+    holds (it answered None)."""
+    peers = Peers([A, B, C])
+    home = node(A, peers)
+    pid = pid_of(A)
+    home._point(pid, C)  # handed to C while C's call waited
+    request = {"pid": pid, "offset": "t.1", "namespace": "/"}
+    assert await home._serve_fetch(request, C) == {"adopter": C}
+    assert peers.calls == []
+    # one hop further: the holder B hands it to its successor C, which is asking the home
+    home._point(pid, B)
+    peers.replies[B] = C
+    assert await home._serve_fetch(request, C) == {"adopter": C}
+    assert peers.calls == [(B, True)]
+
+
 def test_pointers_are_bounded() -> None:
     recovery = node(A, Peers([A, B]))
     pids = [pid_of(A) for _ in range(recovery.max_pointers + 2)]

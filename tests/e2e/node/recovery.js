@@ -66,10 +66,16 @@ function open(index) {
     const transport = engine && engine.transport ? engine.transport.name : "none";
     state.events.push(`disconnect: ${reason} @${sent} (${transport} ${engine ? engine.id : ""})`);
   });
+  socket.io.on("open", () => {
+    const e = socket.io.engine;
+    state.events.push(`open ${e.id} ${e.transport.name} @${sent}`);
+    e.on("upgrade", () => state.events.push(`upgrade ${e.id} @${sent}`));
+    e.on("upgradeError", (err) => state.events.push(`upgradeError ${e.id} ${err.message} @${sent}`));
+  });
   socket.on("connect_error", (err) => state.events.push(`connect_error: ${err.message}`));
   socket.io.on("reconnect_failed", () => state.events.push("reconnect_failed"));
   socket.on("connect", () => {
-    state.events.push(`connect @${sent}`);
+    state.events.push(`connect @${sent} ${socket.io.engine.id} ${socket.recovered}`);
     state.connects++;
     state.ids.push(socket.id);
     state.recovered.push(socket.recovered);
@@ -133,7 +139,7 @@ async function main() {
         received: s.got.length,
         got: s.got,
         offsetsSeen: s.offsetsSeen,
-        events: s.events.slice(-16),
+        events: s.events.slice(-40),
       });
     }
   } catch (err) {
