@@ -150,6 +150,37 @@ def test_bench_rolling_quick(tmp_path: Path) -> None:
     assert len(exits) == 3 and all(x < 10 for x in exits), exits  # drain_timeout 3 s + bound
 
 
+def test_bench_connects_quick(tmp_path: Path) -> None:
+    """Connect storms (python-socketio, and npm where installed) through nginx round-robin onto
+    3 fresh SioMesh nodes, and polling-only connect times against sticky: every session
+    connects once, nothing is relayed, and polling-only python clients are not held for the
+    takeover window (a held CONNECT waits at least ``takeover.window``, 0.25 s), from the
+    first connect on a fresh node."""
+    require_binary("nginx")
+    require_binary("haproxy")
+    out = tmp_path / "out"
+    proc = _run_bench(
+        ["--scenario", "connects", "--quick", "--out", str(out)], timeout=180, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    report = json.loads((out / "connects.json").read_text())
+    storms = {s["client"]: s for s in report["storms"]}
+    assert "python" in storms
+    for name, storm in storms.items():
+        assert storm["connected"] == storm["clients"] == 60, (name, storm)
+        assert storm["lost_connect"] == 0 and storm["relayed_websockets"] == 0, (name, storm)
+        assert storm["connect_handlers"] == 60, (name, storm)
+    times = report["polling_connect_s"]
+    assert set(times) == {
+        f"{setup} ({how})"
+        for setup in ("mesh-nginx-rr", "sticky-haproxy-cookie")
+        for how in ("one at a time", "waves of 25")
+    }
+    assert all(len(values) == 30 for values in times.values()), times
+    one_at_a_time = sorted(times["mesh-nginx-rr (one at a time)"])
+    assert one_at_a_time[len(one_at_a_time) // 2] < 0.25, one_at_a_time  # not held
+
+
 def test_bench_help_lists_scenarios(tmp_path: Path) -> None:
     proc = _run_bench(["--help"], timeout=60, cwd=tmp_path)
     assert proc.returncode == 0
