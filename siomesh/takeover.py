@@ -280,7 +280,12 @@ class Takeover:
         window, and counted as a client that does not upgrade."""
         socket = self._eio.sockets.get(sid)
         hold: Hold | None = getattr(socket, "siomesh_hold", None)
-        if socket is None or hold is None or hold.phase != "held":
+        # Watched while held, and while its outcome is open (``polled``): a probe later than
+        # the window that lands here still upgrades. Counted as "did not upgrade" at
+        # max_window instead, a storm's late probes on their own nodes (one in three behind
+        # round-robin) made the forecast stop holding a kind that upgrades: every session of
+        # it then went unheld, and each whose probe landed elsewhere was relayed for life.
+        if socket is None or hold is None or (hold.phase != "held" and not hold.polled):
             return receive
         loop = asyncio.get_running_loop()
         watching = True
@@ -301,11 +306,13 @@ class Takeover:
 
     def _upgraded_here(self, socket: Any) -> None:
         hold: Hold | None = getattr(socket, "siomesh_hold", None)
-        if hold is None or hold.phase != "held" or not socket.upgraded:
+        if hold is None or not socket.upgraded:
             return
         if hold.polled:
             hold.polled = False  # one outcome per session
             self.forecast.record(hold.agent, True)
+        if hold.phase != "held":
+            return  # released already (the window passed, or its kind is not held)
         task = asyncio.ensure_future(self.release(socket))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
