@@ -56,6 +56,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, local_options, parse_port_range
+from .drain import bound_server_shutdown
 from .links.frames import FrameType as LinkFrame
 from .protocol.messages import Syn, encode
 from .rendezvous import (
@@ -95,8 +96,6 @@ JOIN_WAIT = 3.0
 ALONE_AFTER = 5.0
 #: Longest a stopping worker waits for a replacement to join before it drains.
 REPLACEMENT_WAIT = 10.0
-#: The server's bound on requests in flight at shutdown, where it has none (``siomesh run``'s).
-GRACEFUL_SHUTDOWN = 5.0
 #: Longest a worker at its request limit waits while another worker of its machine drains.
 MAX_REQUESTS_WAIT = 15.0
 
@@ -434,12 +433,10 @@ class LocalPeers:
         """Adjust the uvicorn server running this worker (found from the lifespan's
         ``receive``; nothing happens under another server):
 
-        * bound its wait for requests in flight at shutdown (``GRACEFUL_SHUTDOWN``) when it has
-          no bound (gunicorn's uvicorn worker; ``uvicorn`` without
-          ``--timeout-graceful-shutdown``): a request that never ends (a client that sent its
-          CLOSE and vanished leaves python-engineio waiting for good) would keep a drained
-          worker, its private port and its rendezvous file until the supervisor kills it, with
-          no lifespan shutdown;
+        * its wait for requests in flight at shutdown is bounded for every node (see
+          :func:`~siomesh.drain.bound_server_shutdown`): here, a request that never ends would
+          keep a drained worker, its private port and its rendezvous file until the supervisor
+          kills it, with no lifespan shutdown;
         * drain before it stops on its own (``--max-requests``, gunicorn's ``max_requests``),
           one worker at a time: siomesh takes the request limit over from uvicorn, which would
           close its WebSockets at once and run the lifespan shutdown only after (the calls in
@@ -450,8 +447,7 @@ class LocalPeers:
         config = getattr(getattr(receive, "__self__", None), "config", None)
         if config is None or not type(config).__module__.startswith("uvicorn"):
             return
-        if getattr(config, "timeout_graceful_shutdown", 0) is None:
-            config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN
+        bound_server_shutdown(receive)
         server = _uvicorn_server(config)
         tick = getattr(server, "on_tick", None)
         state = getattr(server, "server_state", None)
