@@ -72,6 +72,12 @@ class Socket:
         await asyncio.wait_for(task, 2)
 
 
+def _websocket_at(node: Any, sid: str) -> tuple[Socket, asyncio.Future[Any]]:
+    """A WebSocket for session ``sid`` arriving at ``node``, served in a task."""
+    ws = Socket(sid)
+    return ws, asyncio.ensure_future(node(ws.scope, ws.to_server.get, ws.to_client.put))
+
+
 async def _handshake(o: Owner, headers: Any = ()) -> str:
     status, _, body = await call(
         o.owner, "GET", "/socket.io/", b"EIO=4&transport=polling&token=abc", headers
@@ -108,8 +114,7 @@ async def test_upgrade_landing_elsewhere_is_taken_over_not_relayed() -> None:
         _count_connects(o.sio, on_owner)
         _count_connects(o.forwarder_sio, on_taker)
         sid = await _handshake(o, [(b"x-app", b"from-handshake")])
-        ws = Socket(sid)
-        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        ws, task = _websocket_at(o.forwarder, sid)
         await ws.upgrade()
         await ws.to_server.put({"type": "websocket.receive", "text": "40"})
         assert (await ws.text()).startswith("40{")
@@ -156,8 +161,7 @@ async def test_connect_sent_by_polling_before_the_probe_moves_with_the_session()
         await asyncio.sleep(0.05)
         assert on_owner == [] and not pending.done()  # held
 
-        ws = Socket(sid)
-        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        ws, task = _websocket_at(o.forwarder, sid)
         await ws.to_server.put({"type": "websocket.connect"})
         await ws.expect("websocket.accept")
         status, _, body = await asyncio.wait_for(pending, 2)
@@ -193,8 +197,7 @@ async def test_a_session_that_already_talks_socketio_is_relayed() -> None:
         _status, _, body = await asyncio.wait_for(call(o.owner, "GET", "/socket.io/", query), 2)
         assert body.startswith(b"40{")
 
-        ws = Socket(sid)
-        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        ws, task = _websocket_at(o.forwarder, sid)
         await ws.upgrade()
         await ws.to_server.put({"type": "websocket.receive", "text": '421["echo",2]'})
         assert await ws.text() == "431[2]"
@@ -217,8 +220,7 @@ async def test_owner_with_takeover_disabled_keeps_its_session() -> None:
     o.owner.node.takeover.enabled = False
     async with o:
         sid = await _handshake(o)
-        ws = Socket(sid)
-        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        ws, task = _websocket_at(o.forwarder, sid)
         await ws.upgrade()
         await ws.to_server.put({"type": "websocket.receive", "text": "40"})
         assert (await ws.text()).startswith("40{")
@@ -294,8 +296,7 @@ async def test_an_upgrade_on_the_owner_ends_the_hold_at_once() -> None:
         await asyncio.sleep(0.05)
         assert seen == []  # held
         started = asyncio.get_running_loop().time()
-        ws = Socket(sid)
-        task = asyncio.ensure_future(o.owner(ws.scope, ws.to_server.get, ws.to_client.put))
+        ws, task = _websocket_at(o.owner, sid)
         await ws.upgrade()
         assert (await ws.text()).startswith("40{")
         assert asyncio.get_running_loop().time() - started < 0.5  # not the 1.5 s window
@@ -319,8 +320,7 @@ async def test_an_upgrade_relayed_to_the_owner_ends_the_hold_at_once() -> None:
         sid, query = await _connect_by_polling(o, "relayed client")
         poll = asyncio.ensure_future(call(o.owner, "GET", "/socket.io/", query))
         started = asyncio.get_running_loop().time()
-        ws = Socket(sid)
-        task = asyncio.ensure_future(o.forwarder(ws.scope, ws.to_server.get, ws.to_client.put))
+        ws, task = _websocket_at(o.forwarder, sid)
         await ws.upgrade()
         assert (await ws.text()).startswith("40{")
         assert asyncio.get_running_loop().time() - started < 0.5
@@ -362,8 +362,7 @@ async def test_a_probe_later_than_the_window_on_the_owner_counts_as_an_upgrade()
         sid, query = await _connect_by_polling(o, agent)
         await until(lambda: len(seen) == 1)  # the window passed: the CONNECT was dispatched
         poll = asyncio.ensure_future(call(o.owner, "GET", "/socket.io/", query))
-        ws = Socket(sid)
-        task = asyncio.ensure_future(o.owner(ws.scope, ws.to_server.get, ws.to_client.put))
+        ws, task = _websocket_at(o.owner, sid)
         await ws.upgrade()
         await asyncio.wait_for(poll, 2)
         await until(lambda: takeover.forecast._seen.get(agent) is not None)
