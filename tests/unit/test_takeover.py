@@ -11,6 +11,8 @@ from typing import Any
 
 import socketio
 
+from siomesh.takeover import STORM_SESSIONS, STORM_SPAN, STORM_WINDOW
+
 from .test_middleware import NODE, PEER, Owner, call, until
 
 
@@ -384,6 +386,22 @@ async def test_a_hold_ends_with_the_window_as_it_stands_when_it_would_end() -> N
         await asyncio.sleep(0.15)
         assert seen == []  # still held past the 0.05 s it was held under
         await until(lambda: len(seen) == 1)
+
+
+async def test_the_hold_grows_during_a_connect_storm() -> None:
+    """Before any claim has come late, a burst of new sessions is a storm: their first wave's
+    probes queue behind the handshakes, so they are held longer; once the burst is over, the
+    window is back to ``takeover.window``."""
+    o = Owner()
+    takeover = o.owner.node.takeover
+    now = asyncio.get_running_loop().time()
+    takeover._created.extend([now - 0.01] * (STORM_SESSIONS - 1))
+    assert takeover.window() == takeover.config.window  # one session short of a storm
+    takeover._created.append(now)
+    assert takeover.window() == STORM_WINDOW
+    takeover._created.clear()
+    takeover._created.extend([now - STORM_SPAN - 0.1] * STORM_SESSIONS)
+    assert takeover.window() == takeover.config.window  # that burst is over
 
 
 async def test_the_hold_grows_when_claims_come_late() -> None:
