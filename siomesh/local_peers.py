@@ -56,7 +56,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, local_options, parse_port_range
-from .drain import bound_server_shutdown
+from .drain import bound_server_shutdown, uvicorn_server
 from .links.frames import FrameType as LinkFrame
 from .protocol.messages import Syn, encode
 from .rendezvous import (
@@ -448,7 +448,7 @@ class LocalPeers:
         if config is None or not type(config).__module__.startswith("uvicorn"):
             return
         bound_server_shutdown(receive)
-        server = _uvicorn_server(config)
+        server = uvicorn_server(receive)
         tick = getattr(server, "on_tick", None)
         state = getattr(server, "server_state", None)
         if tick is None or state is None or getattr(tick, "_siomesh", False):
@@ -790,26 +790,6 @@ def _cmdline(pid: int) -> bytes | None:
             return handle.read(65536)
     except OSError:
         return None
-
-
-def _uvicorn_server(config: Any) -> Any:
-    """The ``uvicorn.Server`` whose config is ``config``, found among the frames of the event
-    loop's tasks (the server's own task awaits the lifespan startup meanwhile); None if none."""
-    try:
-        import uvicorn
-    except ImportError:
-        return None
-    for task in asyncio.all_tasks():
-        awaited: Any = task.get_coro()
-        for _ in range(64):
-            frame = getattr(awaited, "cr_frame", None)
-            if frame is None:
-                break
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, uvicorn.Server) and candidate.config is config:
-                return candidate
-            awaited = getattr(awaited, "cr_await", None)
-    return None
 
 
 def _remove_at_exit(path: Path, pid: int) -> None:

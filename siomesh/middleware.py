@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .drain import bound_server_shutdown, drain_on_sigterm
+from .drain import bound_server_shutdown, drain_on_sigterm, uvicorn_server
 from .forward import Receive, Scope, Send
 from .local_peers import LocalPeers, hold_sigterm
 from .metrics import render
@@ -142,7 +142,7 @@ class SioMesh:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
-                    drain_on_sigterm(self.node)
+                    drain_on_sigterm(self.node, uvicorn_server(receive))
                     bound_server_shutdown(receive)
                     if self.local is not None:
                         hold_sigterm(self.local)  # outermost: runs before the drain

@@ -174,6 +174,7 @@ async def test_sigterm_drains_the_node_and_its_clients_move_at_once(
                 await asyncio.sleep(0.02)
         exited_after = time.monotonic() - began
         assert not victim.alive(), "the node did not exit"
+        print(f"exited {exited_after:.2f} s after SIGTERM")
         assert exited_after < EXIT_BOUND, exited_after
         assert 503 in health, health[:20]
         assert 200 not in health[health.index(503) :], "healthy again after draining began"
