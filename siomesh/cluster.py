@@ -60,6 +60,11 @@ class ClusterView(Protocol):
         """Advertised URLs of every alive member but this node."""
         ...
 
+    def reached_indirectly(self, url: str) -> bool:
+        """Whether member ``url`` is alive but this node reaches it only through another
+        member (gossip's indirect probes): send its requests through a third member."""
+        ...
+
 
 class StaticCluster:
     """A fixed membership: this node plus the configured peers, all assumed alive."""
@@ -103,3 +108,6 @@ class StaticCluster:
 
     def live_peers(self) -> list[str]:
         return sorted(self._urls)
+
+    def reached_indirectly(self, url: str) -> bool:
+        return False

@@ -167,6 +167,22 @@ COUNTERS: Mapping[str, Counter] = _declare(
     Counter("gossip_bytes_sent", _N, "gossip bytes sent"),
     Counter("gossip_bytes_received", _N, "gossip bytes received"),
     Counter("gossip_dropped", _N, "gossip messages dropped: no link could take them", fault=True),
+    Counter(
+        "peers_reached_indirectly",
+        _N,
+        "times a live peer became reachable only through another member (a partition?)",
+        fault=True,
+    ),
+    Counter(
+        "quiet_links_closed",
+        _N,
+        "silent data links closed because their peer was reachable only indirectly",
+    ),
+    Counter(
+        "forwarded_via_first",
+        _N,
+        "requests sent through a third member at once: their owner is reached only indirectly",
+    ),
     Counter("gossip_bad_messages", _N, "gossip messages that did not decode, dropped", fault=True),
     Counter("local_knocks", _N, "gossip hellos sent to worker processes found on this machine"),
     # -- upgrade takeover (siomesh.takeover) --

@@ -672,7 +672,20 @@ class MeshNode:
             return True  # the client left while sending its body
         try:
             try:
-                sent = await self.forwarder.forward_http(scope, body, receive, send, target)
+                via = (
+                    self._via_peer(scope, target)
+                    if self.cluster.reached_indirectly(target)
+                    else None
+                )
+                if via is not None:
+                    # gossip says this node reaches the owner only through others (a cut):
+                    # no dial that would wait out its connect timeout first
+                    self.stats.bump("forwarded_via_first")
+                    sent = await self.forwarder.forward_http(
+                        scope, body, receive, send, via, via=True
+                    )
+                else:
+                    sent = await self.forwarder.forward_http(scope, body, receive, send, target)
             except OwnerUnreachable as exc:
                 # Nothing was sent. The owner is a live member (routing said so) that this
                 # node cannot reach: a partition between the two, or the owner's side of a

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -331,6 +332,8 @@ class Link:
         self._next_stream = 1
         self.closed = asyncio.Event()
         self.close_reason = ""
+        #: ``time.monotonic()`` when the link last received a message (or opened)
+        self.heard_at = time.monotonic()
         #: what this link's two ends both read beyond single JSON-meta frames
         #: (:data:`~siomesh.links.handshake.LINK_FEATURES`): the acceptor knows it from the
         #: dialler's offer, and says so in its first frame (``FEATURES``; ``announce``), from
@@ -439,6 +442,7 @@ class Link:
                     break
                 if data is None:
                     break
+                self.heard_at = time.monotonic()
                 self.stats.bump("link_frames_received")
                 self.stats.bump("link_bytes_received", len(data))
                 try:

@@ -65,6 +65,8 @@ class _Probe:
     started: float
     indirect_sent: bool = False
     acked: bool = False
+    #: acked by the target itself, not relayed by a helper
+    direct: bool = False
 
 
 class _Broadcasts:
@@ -134,6 +136,8 @@ class Node:
         self._gap_sync_at: dict[str, float] = {}
         self._next_probe = self._next_gossip = self._next_ae = self._next_gc = 0.0
         self._left = False
+        #: node ids whose last answered probe was acked only through a helper
+        self._indirect: set[str] = set()
 
     # ------------------------------------------------------------------ queries
 
@@ -186,6 +190,17 @@ class Node:
     def member(self, node_id: str) -> Member | None:
         return self._membership.get(node_id)
 
+    def reached_indirectly(self) -> list[str]:
+        """URLs of live peers that this node's last answered probe reached only through a
+        helper (SWIM's indirect probe): alive, but this node cannot reach them directly (a
+        partition between the two, a one-way firewall rule). A direct Ack clears it."""
+        out = []
+        for node_id in self._indirect:
+            m = self._membership.get(node_id)
+            if m is not None and m.live:
+                out.append(m.url)
+        return out
+
     def member_by_url(self, url: str) -> Member | None:
         return self._membership.by_url(url)
 
@@ -237,6 +252,9 @@ class Node:
                 if not p.acked:
                     self._health = max(0, self._health - 1)
                 p.acked = True
+                if msg.sender == p.target:
+                    p.direct = True
+                    self._indirect.discard(p.target)
             elif msg.seq in self._relays:
                 url, seq, _exp = self._relays.pop(msg.seq)
                 out.append((url, Ack(self.node_id, seq, self._piggy())))
@@ -327,6 +345,8 @@ class Node:
         if now < self._next_probe:
             return
         self._next_probe = now + c.probe_interval * (1 + self._health)
+        if p is not None and p.acked and not p.direct:
+            self._indirect.add(p.target)
         if p is not None and not p.acked:
             self._health = min(c.max_local_health, self._health + 1)
             u = self._membership.suspect(p.target, now)

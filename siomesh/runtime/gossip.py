@@ -45,6 +45,10 @@ __all__ = ["GossipCluster", "GossipRuntime"]
 log = logging.getLogger("siomesh.gossip")
 
 DNS_INTERVAL = 10.0
+#: A data link to a member reached only indirectly is closed once it has heard nothing for
+#: this long: a silent link under a cut would hold each forward until its timeout (15 s for a
+#: POST), while a busy, working one always hears something.
+QUIET_LINK = 1.0
 #: How long after a member announced it leaves requests for its sessions are still forwarded
 #: to it: it drains them (``drain_timeout``, 3 s by default) before it exits.
 LEAVING_WINDOW = 30.0
@@ -76,6 +80,8 @@ class GossipCluster:
         #: URLs whose newest member was seen to leave (and not live since): after their
         #: tombstone is forgotten, they are still not absent peers (see adapter_peers)
         self._left: set[str] = set()
+        #: live members this node reaches only through another one (set by the runtime)
+        self.indirect: frozenset[str] = frozenset()
 
     def _tag(self, url: str) -> str:
         tag = self._tags.get(url)
@@ -131,6 +137,9 @@ class GossipCluster:
         if member is not None:
             return member.live
         return url in self._seeds
+
+    def reached_indirectly(self, url: str) -> bool:
+        return url in self.indirect
 
     def live_peers(self) -> list[str]:
         urls = {m.url for m in self._node.live_members() if m.url != self._self_url}
@@ -240,6 +249,7 @@ class GossipRuntime:
         self._left = False
         self._links = mesh.links
         self._links.dispatcher.on(FrameType.GOSSIP, self._receive)
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- directory publication -------------------------------------------------------------------
 
@@ -322,6 +332,7 @@ class GossipRuntime:
         while not self._stopping:
             try:
                 self._send(self.node.tick(time.monotonic()))
+                self._note_reach()
             except Exception:  # a bug in one tick must not stop membership for good
                 log.exception("gossip tick failed")
             delay = min(max(self.node.next_tick_at() - time.monotonic(), 0.001), _MAX_TICK_SLEEP)
@@ -356,6 +367,39 @@ class GossipRuntime:
         # heard from it: a dial that failed a moment ago (a heal) is retried at once
         self._links.revive(link.peer)
         self._send(self.node.receive(link.peer, msg, time.monotonic()))
+        if self.cluster.indirect:
+            self._note_reach()  # a direct Ack: reachable again at once
+
+    def _note_reach(self) -> None:
+        """Keep :attr:`GossipCluster.indirect` in step with the gossip node, say when it
+        changes, and close silent data links to members reached only indirectly: the
+        forwarder then goes through a third member at once instead of waiting on a link whose
+        packets a cut drops until the link's heartbeat (``links.heartbeat``) notices."""
+        before = self.cluster.indirect
+        now = frozenset(self.node.reached_indirectly())
+        if now != before:
+            self.cluster.indirect = now
+            for url in sorted(now - before):
+                self.mesh.stats.bump("peers_reached_indirectly")
+                log.warning(
+                    "cannot reach %s directly (its gossip probes are answered only through "
+                    "another member): a network partition or a firewall rule between the two "
+                    "nodes? Requests for its sessions go through another member meanwhile",
+                    url,
+                )
+            for url in sorted(before - now):
+                log.warning("reaching %s directly again", url)
+        if now:
+            moment = time.monotonic()
+            for url in now:
+                link = self._links.current(url, "data")
+                if link is not None and moment - link.heard_at >= QUIET_LINK:
+                    self.mesh.stats.bump("quiet_links_closed")
+                    task = asyncio.ensure_future(
+                        link.shutdown(reason="peer reached only indirectly, link silent")
+                    )
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
 
     # -- DNS seeds -------------------------------------------------------------------------------
 

@@ -28,7 +28,9 @@ class FakeNetwork:
       (:meth:`set_link_latency`);
     * loss: each message is dropped with probability ``loss`` (independently);
     * partitions: :meth:`partition` splits URLs into groups; URLs named in no group form one
-      more group; messages cross no group boundary until :meth:`heal`.
+      more group; messages cross no group boundary until :meth:`heal`;
+    * cuts: :meth:`cut` stops messages between two URLs only, both ways (each still reaches
+      the others), until :meth:`heal`.
 
     Every message is encoded and decoded with the real codec, so the simulation exercises the
     wire format and its size limit; an encoding over ``max_message_bytes`` raises, because it
@@ -51,6 +53,7 @@ class FakeNetwork:
         self.stats: dict[str, LinkStats] = {}
         self._links: dict[tuple[str, str], float] = {}
         self._group: dict[str, int] | None = None
+        self._cuts: set[frozenset[str]] = set()
 
     def set_loss(self, p: float) -> None:
         if not 0 <= p <= 1:
@@ -63,10 +66,16 @@ class FakeNetwork:
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         self._group = {url: i for i, g in enumerate(groups) for url in g}
 
+    def cut(self, a: str, b: str) -> None:
+        self._cuts.add(frozenset((a, b)))
+
     def heal(self) -> None:
         self._group = None
+        self._cuts.clear()
 
     def reachable(self, src: str, dst: str) -> bool:
+        if self._cuts and frozenset((src, dst)) in self._cuts:
+            return False
         g = self._group
         return g is None or g.get(src, -1) == g.get(dst, -1)
 

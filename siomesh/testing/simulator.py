@@ -142,6 +142,10 @@ class Simulator:
         """Split the cluster: each group is a list of node ids; the rest is one more group."""
         self.network.partition([[self.url_of(i) for i in g] for g in groups])
 
+    def cut(self, a: str, b: str) -> None:
+        """Nodes ``a`` and ``b`` (ids) stop reaching each other; both still reach the rest."""
+        self.network.cut(self.url_of(a), self.url_of(b))
+
     def heal(self) -> None:
         self.network.heal()
 

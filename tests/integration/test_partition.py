@@ -199,7 +199,8 @@ CALL_EVERY = 0.2
 async def test_polling_clients_are_back_at_once_after_a_heal(firewall: str, tmp_path: Path) -> None:
     """30 polling-only clients through nginx round-robin, calling every 0.2 s, while two of
     the 3 nodes are cut from each other for 20 s. A request that lands on one of the two for a
-    session the other owns goes through the third node (no 400 for a live owner), and dials
+    session the other owns goes through the third node (no 400 for a live owner), at once once
+    gossip says the owner is reached only indirectly (no wait on a silent link), and dials
     ignore their backoff for a live owner: no client is down more than 5 s after the heal.
     Lost calls are printed (during the cut, after it)."""
     require_binary("nginx")
@@ -232,9 +233,17 @@ async def test_polling_clients_are_back_at_once_after_a_heal(firewall: str, tmp_
         print(
             f"calls lost: {lost_before} before the cut, {lost_during} during it, "
             f"{lost_after} after the heal; clients down after the heal (s): {down_after}; "
-            f"forwarded via a third node: {[_stat(u, 'forwarded_via') for u in urls]}"
+            f"forwarded via a third node: {[_stat(u, 'forwarded_via') for u in urls]}, "
+            f"of which sent there at once: {[_stat(u, 'forwarded_via_first') for u in urls]}"
         )
         assert lost_before == 0
+        # each of the two learnt from gossip that it reaches the other only through the third,
+        # sent through it at once, and learnt of the heal
+        logs_text = [p.log_path.read_text(errors="replace") for p in procs]
+        for i in (0, 1):
+            assert f"cannot reach {urls[1 - i]} directly" in logs_text[i], logs_text[i][-3000:]
+            assert f"reaching {urls[1 - i]} directly again" in logs_text[i], logs_text[i][-3000:]
+        assert _stat(urls[0], "forwarded_via_first") + _stat(urls[1], "forwarded_via_first") > 0
         assert all(d <= 5.0 for d in down_after.values()), down_after
         # every client is calling successfully at the end
         assert all(log and log[-1][1] for log in logs), [log[-3:] for log in logs]

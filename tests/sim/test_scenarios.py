@@ -117,3 +117,29 @@ def test_graceful_leave_is_seen_at_once() -> None:
     sim.leave("n3")
     took = sim.run_until(lambda: sim.all_see_dead("n3"), max_time=5, check_every=0.01)
     assert took is not None and took < 0.1
+
+
+def test_a_cut_between_two_nodes_is_seen_as_indirect_reach_and_cleared_by_the_heal() -> None:
+    """n0 and n1 cannot reach each other; n2 reaches both. SWIM keeps both alive through
+    indirect probes, and each learns it reaches the other only through a helper (what a
+    node's forwarding uses to go via a third node at once); the heal clears it."""
+    sim = Simulator(3, seed=5)
+    assert sim.run_until(sim.membership_converged, max_time=10) is not None
+    n0, n1, n2 = (sim.node(f"n{i}") for i in range(3))
+    assert not any(n.reached_indirectly() for n in sim.nodes())
+    sim.cut("n0", "n1")
+
+    def each_knows() -> bool:
+        return n0.reached_indirectly() == [n1.url] and n1.reached_indirectly() == [n0.url]
+
+    took = sim.run_until(each_knows, max_time=10, check_every=0.01)
+    assert took is not None and took < 3.0, took
+    sim.run_for(10)
+    assert n0.reached_indirectly() == [n1.url] and n1.reached_indirectly() == [n0.url]
+    assert n2.reached_indirectly() == []
+    assert sim.membership_converged(), sim.membership_disagreements()  # nobody suspected for long
+    sim.heal()
+    took = sim.run_until(
+        lambda: not any(n.reached_indirectly() for n in sim.nodes()), max_time=10, check_every=0.01
+    )
+    assert took is not None and took < 3.0, took

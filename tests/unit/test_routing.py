@@ -53,6 +53,9 @@ class View:
     def live_peers(self) -> list[str]:
         return [u for u, r in self.members.items() if r.alive]
 
+    def reached_indirectly(self, url: str) -> bool:
+        return False
+
 
 def sid_of(url: str, generation: int = 1) -> str:
     return make_sid(KEYS, url, generation, secrets.token_bytes(12))
