@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import socketio
 
-from siomesh.benchkit.procs import Proc, stop_all
+from siomesh.benchkit.procs import Proc, end_all, stop_all
 from tests.conftest import require_binary
 from tests.harness.balancers import Balancer, start_balancer
 from tests.harness.nodes import start_node, wait_healthy
@@ -78,7 +78,7 @@ def stoppers() -> Iterator[list[Cluster]]:
     for cluster in started:
         with contextlib.suppress(Exception):
             cluster.lb.stop()
-        stop_all(cluster.procs)
+        end_all(cluster.procs)
 
 
 @dataclass(eq=False)  # hashed by identity

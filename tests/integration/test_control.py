@@ -37,6 +37,6 @@ async def test_plain_nodes_fail_behind_round_robin(
         finally:
             lb.stop()
     finally:
-        cluster.stop()
+        cluster.end()
     # Each polling request after the handshake goes to the next node, which answers 400.
     assert result.failed >= clients * 0.8, result.summary()

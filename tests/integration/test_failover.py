@@ -51,7 +51,7 @@ def mesh(tmp_path: Path) -> Iterator[MeshCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.end()
 
 
 @pytest.fixture(params=["haproxy", "nginx"])

@@ -21,7 +21,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.end()
 
 
 def _closed_session(client: httpx.Client, owner: str) -> str:

@@ -35,7 +35,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.end()
 
 
 @pytest.fixture(scope="module", params=["nginx", "haproxy"])

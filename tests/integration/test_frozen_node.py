@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import socketio
 
-from siomesh.benchkit.procs import Proc, stop_all
+from siomesh.benchkit.procs import Proc, end_all
 from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
 
@@ -49,7 +49,7 @@ def nodes(tmp_path: Path) -> Iterator[tuple[list[str], list[Proc]]]:
         for proc in procs:
             with contextlib.suppress(Exception):
                 proc.popen.send_signal(signal.SIGCONT)
-        stop_all(procs)  # their grace periods overlap
+        end_all(procs)
 
 
 @pytest.mark.parametrize("freeze", [1.5, 6.0])

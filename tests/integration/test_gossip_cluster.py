@@ -19,7 +19,14 @@ from tests.conftest import require_binary
 from tests.harness.balancers import start_balancer
 from tests.harness.load import run_load
 from tests.harness.ports import LOOPBACK, free_ports
-from tests.harness.procs import REPO_ROOT, TEST_SECRET, Proc, node_argv, start_process, stop_all
+from tests.harness.procs import (
+    REPO_ROOT,
+    TEST_SECRET,
+    Proc,
+    end_all,
+    node_argv,
+    start_process,
+)
 
 DETECTION_BOUND = 8.0  # seconds: GossipConfig.lan() detects in ~2.5 s at N=5; CI is slow
 
@@ -68,7 +75,7 @@ class Cluster:
         return [i for i, p in self.procs.items() if p.alive()]
 
     def stop(self) -> None:
-        stop_all(list(self.procs.values()))
+        end_all(list(self.procs.values()))  # a tear-down: nothing is checked after
 
 
 def get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trustme
 
-from siomesh.benchkit.procs import Proc, stop_all
+from siomesh.benchkit.procs import Proc, end_all, stop_all
 from tests.harness.nodes import start_node, wait_healthy
 from tests.harness.ports import LOOPBACK, free_ports
 
@@ -83,7 +83,7 @@ def trusted(tmp_path: Path) -> Iterator[TlsCluster]:
     try:
         yield cluster
     finally:
-        stop_all(list(cluster.procs))  # SIGTERM to all at once: the drains overlap
+        end_all(list(cluster.procs))
 
 
 async def _handshake_then_forward(cluster: TlsCluster) -> httpx.Response:
@@ -121,4 +121,4 @@ async def test_a_node_that_does_not_trust_the_ca_cannot_link(tmp_path: Path) -> 
         assert status["stats"]["forwarded"] == 0
         await asyncio.sleep(0)
     finally:
-        stop_all(list(cluster.procs))  # SIGTERM to all at once: the drains overlap
+        end_all(list(cluster.procs))

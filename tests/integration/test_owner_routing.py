@@ -32,7 +32,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.end()
 
 
 @pytest.fixture(scope="module", params=["nginx", "haproxy"])
@@ -124,7 +124,7 @@ async def test_a_frozen_node_costs_other_nodes_clients_nothing(tmp_path: Path, n
         with contextlib.suppress(Exception):
             frozen.proc.popen.send_signal(signal.SIGCONT)
         lb.stop()
-        cluster.stop()
+        cluster.end()
 
 
 def test_the_command_prints_what_the_harness_runs() -> None:

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import socketio
 
-from siomesh.benchkit.procs import Proc, stop_all
+from siomesh.benchkit.procs import Proc, end_all, stop_all
 from tests.conftest import require_binary
 from tests.harness.balancers import start_balancer
 from tests.harness.callers import steady_caller
@@ -187,7 +187,7 @@ async def test_a_partition_loses_nothing_in_silence(
         for proc in procs:
             with contextlib.suppress(Exception):
                 proc.popen.send_signal(signal.SIGCONT)
-        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
+        end_all(list(procs))
 
 
 #: clients calling through round-robin across a healed partition (the issue's setup)
@@ -252,7 +252,7 @@ async def test_polling_clients_are_back_at_once_after_a_heal(firewall: str, tmp_
         for task in tasks:
             task.cancel()
         lb.stop()
-        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
+        end_all(list(procs))
 
 
 def _stat(url: str, key: str) -> int:

@@ -304,7 +304,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
             time.sleep(0.1)
         yield cluster
     finally:
-        cluster.stop()
+        cluster.end()
 
 
 def _sums(mesh: MeshCluster, key: str) -> int:

@@ -97,7 +97,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.end()
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -924,7 +924,7 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshClus
             time.sleep(0.1)
         yield cluster, relay
     finally:
-        cluster.stop()
+        cluster.end()
         relay.stop()
 
 

@@ -23,7 +23,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.end()
 
 
 @pytest.mark.parametrize(

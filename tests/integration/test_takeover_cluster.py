@@ -21,7 +21,7 @@ import pytest
 import socketio
 
 from siomesh.benchkit.load import close_client
-from siomesh.benchkit.procs import stop_all
+from siomesh.benchkit.procs import end_all
 from tests.conftest import require_binary
 from tests.e2e import NODE_DIR, node_client
 from tests.harness.balancers import Balancer, start_balancer
@@ -84,7 +84,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         if lb is not None:
             lb.stop()
-        stop_all(list(procs))  # SIGTERM to all at once: the drains overlap
+        end_all(list(procs))
 
 
 def _totals(cluster: Cluster) -> dict[str, int]:

@@ -29,7 +29,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshClus
         yield mesh, lb
     finally:
         lb.stop()
-        mesh.stop()
+        mesh.end()
 
 
 async def _polling_connect(
