@@ -87,7 +87,7 @@ def nginx_config(nodes: Sequence[Backend], *, listen: str, run_dir: str | None =
             f"    {name}_temp_path {run_dir}/{name};\n"
             for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
-    server_opts = "max_fails=1 fail_timeout=5s"
+    server_opts = "max_fails=1 fail_timeout=1s"
     keepalive = "        keepalive 64;\n        keepalive_timeout 2s;\n"
     upstreams = ["    upstream siomesh {\n"]
     upstreams += [f"        server {n.address} {server_opts};\n" for n in nodes]
