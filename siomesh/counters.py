@@ -210,6 +210,11 @@ COUNTERS: Mapping[str, Counter] = _declare(
     Counter("recovery_expired", _N, "kept sessions that expired unclaimed"),
     Counter("recovery_handed_off", _N, "kept sessions handed to a peer at drain"),
     Counter(
+        "recovery_waited_handoffs",
+        _N,
+        "recoveries that found nothing, waited for a draining peer's hand-off, and got it",
+    ),
+    Counter(
         "recovery_handoff_failed",
         _N,
         "kept sessions no peer adopted in time at drain (their clients reconnect unrecovered)",

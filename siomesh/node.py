@@ -277,6 +277,7 @@ class MeshNode:
             owner_of=self._owner_of_tag,
             live_peers=lambda: self.cluster.live_peers(),
             leaving_peers=self._leaving_peers,
+            handing_peers=self._handing_peers,
             stats=self.stats,
             call_timeout=self.config.request_timeout,
             hurry_drop=self.poll_refusals.hurry,
@@ -416,6 +417,15 @@ class MeshNode:
         if describe is None:
             return []
         return [m["url"] for m in describe() if m["state"] == "left" and not m.get("self")]
+
+    def _handing_peers(self) -> list[str]:
+        """Members that began to leave within a drain (``drain_timeout``, and a second): they
+        may still hand their kept sessions to a peer."""
+        left_within = getattr(self.cluster, "left_within", None)
+        if left_within is None:
+            return []
+        urls: list[str] = left_within(self.config.drain_timeout + 1.0)
+        return urls
 
     def _owner_of_tag(self, sid: str) -> str | None:
         parts = parse_sid(self.keys, sid)

@@ -202,6 +202,15 @@ class GossipCluster:
         d = self._node.directory
         return {origin: d.origin_size(origin) for origin in d.origins()}
 
+    def left_within(self, seconds: float) -> list[str]:
+        """URLs of members that this node learnt left (drained) less than ``seconds`` ago."""
+        now = time.monotonic()
+        return [
+            m.url
+            for m in self._node.members()
+            if m.state == State.LEFT and m.url != self._self_url and now - m.state_since < seconds
+        ]
+
     def members_status(self) -> list[dict[str, Any]]:
         d = self._node.directory
         out = []

@@ -16,6 +16,7 @@ from siomesh.config import RecoveryConfig
 from siomesh.counters import Stats
 from siomesh.engine import EngineSeam
 from siomesh.recovery import (
+    ADOPTION_WAIT,
     HANDOFF_WAIT,
     MAX_FORWARDS,
     REFUSED,
@@ -410,3 +411,58 @@ def test_pointers_are_bounded() -> None:
     assert list(recovery.adopters) == pids[2:]
     recovery._point(pids[-1], A)  # pointing to itself: it is here
     assert pids[-1] not in recovery.adopters
+
+
+# -- a session on the move to this node ----------------------------------------------------------
+
+
+def _handoff(pid: str, offset: str) -> dict[str, Any]:
+    entry = Entry(offset, "/", None, (), "said", [offset], 0.0)
+    return {
+        "groups": [
+            {"log": [entry.to_wire()], "sessions": [[pid, "the-sid", "/", ["room"], None, 30.0]]}
+        ],
+        "pointers": [],
+    }
+
+
+async def test_a_recovery_that_finds_nothing_waits_for_a_draining_peers_hand_off_to_it() -> None:
+    """The client is back here while the draining node that holds its session is about to
+    hand it to this node (its successor); the home's stand-in knows nothing of it. Without
+    the wait, the client came back unrecovered."""
+    live = [A, B, C]
+    here = successors(D, live)[0]  # the node D (draining) hands its sessions to
+    home = next(m for m in live if m != here)
+    peers = Peers(live, leaving=[D])
+    peers.replies[home] = None  # restarted meanwhile: knows nothing of it
+    recovery = node(here, peers)
+    recovery._loop_time = lambda: 1.0
+    pid = pid_of(home)
+    fetch = asyncio.ensure_future(recovery._fetch(pid, "t.1", "/"))
+    await asyncio.sleep(0.1)
+    assert not fetch.done()  # waiting for D's hand-off
+    recovery._adopt(_handoff(pid, "t.1"), D)
+    got = await asyncio.wait_for(fetch, 1.0)
+    assert isinstance(got, dict) and got["sid"] == "the-sid"
+    assert recovery.stats["recovery_waited_handoffs"] == 1
+    assert pid not in recovery.kept
+
+
+async def test_with_nobody_draining_a_recovery_that_finds_nothing_does_not_wait() -> None:
+    peers = Peers([A, B, C])
+    peers.replies[B] = None
+    recovery = node(A, peers)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await recovery._fetch(pid_of(B), "t.1", "/") is None
+    assert loop.time() - began < 0.5
+
+
+async def test_the_wait_for_a_hand_off_is_bounded() -> None:
+    peers = Peers([A, B, C], leaving=[D])
+    peers.replies[B] = None
+    recovery = node(A, peers)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await recovery._fetch(pid_of(B), "t.1", "/") is None
+    assert ADOPTION_WAIT - 0.1 <= loop.time() - began < ADOPTION_WAIT + 1.0
