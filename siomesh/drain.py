@@ -34,6 +34,7 @@ __all__ = [
     "bound_server_shutdown",
     "drain_on_sigterm",
     "stop_listening",
+    "uvicorn_config",
     "uvicorn_server",
 ]
 
@@ -48,12 +49,21 @@ GRACEFUL_SHUTDOWN = 5.0
 LISTENER_GRACE = 0.2
 
 
+def uvicorn_config(receive: Any) -> Any:
+    """The ``uvicorn.Config`` of the server running this app, found from the lifespan's
+    ``receive`` (a bound method of uvicorn's lifespan handler); None under another server."""
+    config = getattr(getattr(receive, "__self__", None), "config", None)
+    if config is None or not type(config).__module__.startswith("uvicorn"):
+        return None
+    return config
+
+
 def uvicorn_server(receive: Any) -> Any:
     """The ``uvicorn.Server`` running this app, found from the lifespan's ``receive`` while the
     lifespan starts up (the server's own task awaits it then, among the event loop's tasks);
     None under another server."""
-    config = getattr(getattr(receive, "__self__", None), "config", None)
-    if config is None or not type(config).__module__.startswith("uvicorn"):
+    config = uvicorn_config(receive)
+    if config is None:
         return None
     try:
         import uvicorn
@@ -105,10 +115,8 @@ def bound_server_shutdown(receive: Any) -> bool:
     on a client that sent its CLOSE and vanished) kept a drained node alive until it was
     killed: seen about twice in 60 runs of the rolling-restart recovery test, which stops
     plain ``uvicorn`` nodes with SIGTERM and waits 10 s for each to exit."""
-    config = getattr(getattr(receive, "__self__", None), "config", None)
-    if config is None or not type(config).__module__.startswith("uvicorn"):
-        return False
-    if getattr(config, "timeout_graceful_shutdown", 0) is not None:
+    config = uvicorn_config(receive)
+    if config is None or getattr(config, "timeout_graceful_shutdown", 0) is not None:
         return False
     config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN
     return True

@@ -56,7 +56,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, local_options, parse_port_range
-from .drain import bound_server_shutdown, uvicorn_server
 from .links.frames import FrameType as LinkFrame
 from .protocol.messages import Syn, encode
 from .rendezvous import (
@@ -429,26 +428,24 @@ class LocalPeers:
         self._withdraw()
         await self._server.close()
 
-    def tune_server(self, receive: Any) -> None:
-        """Adjust the uvicorn server running this worker (found from the lifespan's
-        ``receive``; nothing happens under another server):
+    def tune_server(self, server: Any) -> None:
+        """Adjust the uvicorn server running this worker (``server``, see
+        :func:`~siomesh.drain.uvicorn_server`; nothing happens under another server, None):
+        drain before it stops on its own (``--max-requests``, gunicorn's ``max_requests``),
+        one worker at a time: siomesh takes the request limit over from uvicorn, which would
+        close its WebSockets at once and run the lifespan shutdown only after (the calls in
+        flight on them lost); when the limit is reached the worker waits (at most
+        ``MAX_REQUESTS_WAIT`` s) while another worker of this machine drains, then drains
+        while it still listens, then lets uvicorn stop.
 
-        * its wait for requests in flight at shutdown is bounded for every node (see
-          :func:`~siomesh.drain.bound_server_shutdown`): here, a request that never ends would
-          keep a drained worker, its private port and its rendezvous file until the supervisor
-          kills it, with no lifespan shutdown;
-        * drain before it stops on its own (``--max-requests``, gunicorn's ``max_requests``),
-          one worker at a time: siomesh takes the request limit over from uvicorn, which would
-          close its WebSockets at once and run the lifespan shutdown only after (the calls in
-          flight on them lost); when the limit is reached the worker waits (at most
-          ``MAX_REQUESTS_WAIT`` s) while another worker of this machine drains, then drains
-          while it still listens, then lets uvicorn stop.
+        Its wait for requests in flight at shutdown is bounded as for every node
+        (:func:`~siomesh.drain.bound_server_shutdown`, called by the middleware): here, a
+        request that never ends would keep a drained worker, its private port and its
+        rendezvous file until the supervisor kills it, with no lifespan shutdown.
         """
-        config = getattr(getattr(receive, "__self__", None), "config", None)
-        if config is None or not type(config).__module__.startswith("uvicorn"):
+        config = getattr(server, "config", None)
+        if config is None:
             return
-        bound_server_shutdown(receive)
-        server = uvicorn_server(receive)
         tick = getattr(server, "on_tick", None)
         state = getattr(server, "server_state", None)
         if tick is None or state is None or getattr(tick, "_siomesh", False):

@@ -142,11 +142,12 @@ class SioMesh:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
-                    drain_on_sigterm(self.node, uvicorn_server(receive))
+                    server = uvicorn_server(receive)  # None under another server
+                    drain_on_sigterm(self.node, server)
                     bound_server_shutdown(receive)
                     if self.local is not None:
                         hold_sigterm(self.local)  # outermost: runs before the drain
-                        self.local.tune_server(receive)
+                        self.local.tune_server(server)
                 except Exception:
                     log.exception("siomesh startup failed")
                     startup_failed = True
