@@ -541,7 +541,7 @@ class ForwardedServer:
         if scope["method"] != "GET":  # only a GET can be a long-poll that gets orphaned
             await self._app(scope, receive, send)
         else:
-            token = ORPHANED.set(stream.ended)
+            token = ORPHANED.set(stream.end_signal)
             try:
                 await self._app(scope, receive, send)
             finally:

@@ -8,12 +8,22 @@ engineio closes the whole session on a cancelled poll and the client sees a *ser
 after which python-socketio's client does not reconnect.
 
 So each session's ``poll`` is wrapped (:func:`guard_poll`, a hook of the engine seam's poll
-stage, :mod:`siomesh.engine`). A forwarded request runs with :data:`ORPHANED` set to an event
-that fires when its link closes or its forwarder cancels; the wrapped poll waits for the first
-packet *or* that event, and on the event returns no packets, leaving the queue untouched and
-the session open. Local requests (``ORPHANED`` unset) run python-engineio's own poll unchanged.
+stage, :mod:`siomesh.engine`). A forwarded request runs with :data:`ORPHANED` set to a signal
+(:class:`~siomesh.links.link.EndSignal`) that fires when its link closes or its forwarder
+cancels; the wrapped poll waits for the first packet *or* that signal, and on the signal
+returns no packets, leaving the queue untouched and the session open.
 
-The wrapper mirrors ``engineio.async_socket.AsyncSocket.poll`` of python-engineio 4.x.
+Local requests (``ORPHANED`` unset) and the WebSocket writer run python-engineio's own poll
+unchanged. A forwarded one waits in a replacement that keeps that poll's contract (the first
+packet within ``ping_interval + ping_timeout``, else ``QueueEmpty``; a cancelled wait is
+``QueueEmpty`` too; ``None`` ends the list and stays queued) and adds the signal. It waits on
+the queue's own ``get()`` on the caller's task; a timer, or the signal, cancels that task and
+the cancellation is taken back (``Task.uncancel``). ``Queue.get`` leaves an item in the queue
+when its wait is cancelled, even one that had just been handed to it, so a packet that arrives
+in the very loop turn the forwarder goes away stays for the client's next poll. (The former
+guard raced the queue's getter, as a task, against the signal, and took such a packet: the
+loss this module exists to prevent. It also cost two tasks and an ``asyncio.wait`` per
+forwarded poll: 11.4 against 7.8 µs of CPU per wait, ``benchmarks/poll_wait.py``.)
 
 It also caps what one poll returns at :data:`MAX_POLL_PACKETS`, python-engineio's own client
 limit (``Payload.max_decode_packets``): its server returns *every* queued packet in one poll,
@@ -33,20 +43,23 @@ from typing import Any
 
 from engineio import exceptions as eio_exceptions
 
+from .links.link import EndSignal
+
 __all__ = ["MAX_POLL_PACKETS", "ORPHANED", "guard_poll", "take_queued"]
 
 #: The most packets one poll returns (python-engineio's client refuses a bigger payload).
 MAX_POLL_PACKETS = 16
 
-#: Set (to an event that fires when the request is orphaned) while a forwarded request runs.
-ORPHANED: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+#: Set (to a signal that fires when the request is orphaned) while a forwarded request runs.
+ORPHANED: contextvars.ContextVar[EndSignal | None] = contextvars.ContextVar(
     "siomesh_orphaned", default=None
 )
 
 
 def guard_poll(socket: Any, original: Callable[[], Awaitable[list[Any]]]) -> Any:
     """The poll of ``socket`` (an ``engineio.async_socket.AsyncSocket``), guarded as described
-    above around ``original`` (a :class:`siomesh.engine.EngineSeam` poll hook)."""
+    above around ``original`` (python-engineio's own poll: this hook is innermost, see
+    :data:`siomesh.engine.POLL_ORDER`), which a forwarded request's poll does not call."""
     overflow: deque[Any] = deque()
     socket.siomesh_overflow = overflow
 
@@ -62,35 +75,63 @@ def guard_poll(socket: Any, original: Callable[[], Awaitable[list[Any]]]) -> Any
             del packets[MAX_POLL_PACKETS:]
         return packets
 
-    async def _poll(orphaned: asyncio.Event | None) -> list[Any]:
+    async def _poll(orphaned: EndSignal | None) -> list[Any]:
         if orphaned is None:
             result: list[Any] = await original()
             return result
-        server = socket.server
-        queue: asyncio.Queue[Any] = socket.queue
-        getter = asyncio.ensure_future(queue.get())
-        watcher = asyncio.ensure_future(orphaned.wait())
-        try:
-            await asyncio.wait(
-                (getter, watcher),
-                timeout=server.ping_interval + server.ping_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            watcher.cancel()
-            if not getter.done():
-                getter.cancel()  # nothing taken: the packet stays for the next poll
-        if not getter.done() or getter.cancelled():
-            if orphaned.is_set():
-                return []
-            raise eio_exceptions.QueueEmpty()
-        packets = [getter.result()]
-        queue.task_done()
-        if packets == [None]:
+        if orphaned.is_set():
             return []
-        return packets + _get_all(queue, keep_close=True)
+        queue: asyncio.Queue[Any] = socket.queue
+        if queue.empty():
+            server = socket.server
+            first = await _first_packet(queue, server.ping_interval + server.ping_timeout, orphaned)
+            if first is _ORPHANED:
+                return []
+        else:
+            first = queue.get_nowait()
+        queue.task_done()
+        if first is None:
+            return []
+        return [first, *_get_all(queue, keep_close=True)]
 
     return poll
+
+
+#: What :func:`_first_packet` returns when the request was orphaned while it waited.
+_ORPHANED = object()
+
+
+async def _first_packet(queue: asyncio.Queue[Any], timeout: float, orphaned: EndSignal) -> Any:
+    """``await queue.get()`` on the calling task, bounded by ``timeout`` (then python-engineio's
+    ``QueueEmpty``) and by ``orphaned`` (then :data:`_ORPHANED`, nothing taken). A
+    cancellation from elsewhere becomes ``QueueEmpty``, as in python-engineio's poll."""
+    task = asyncio.current_task()
+    assert task is not None
+    why: list[str] = []
+
+    def cut(reason: str) -> None:
+        if not why:
+            why.append(reason)
+            task.cancel()
+
+    def orphan() -> None:
+        cut("orphaned")
+
+    timer = asyncio.get_running_loop().call_later(timeout, cut, "timeout")
+    orphaned.add_callback(orphan)
+    try:
+        return await queue.get()
+    except asyncio.CancelledError:
+        if why:
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: take our cancel back
+            if uncancel is not None:
+                uncancel()
+            if why[0] == "orphaned":
+                return _ORPHANED
+        raise eio_exceptions.QueueEmpty() from None
+    finally:
+        timer.cancel()
+        orphaned.remove_callback(orphan)
 
 
 def take_queued(socket: Any) -> list[Any]:

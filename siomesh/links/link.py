@@ -50,7 +50,7 @@ from .frames import (
 )
 from .handshake import FEATURE_BATCH, FEATURE_BINARY_META, parse_features
 
-__all__ = ["Dispatcher", "Link", "LinkClosed", "Stream", "StreamInterrupted"]
+__all__ = ["Dispatcher", "EndSignal", "Link", "LinkClosed", "Stream", "StreamInterrupted"]
 
 log = logging.getLogger("siomesh.links")
 
@@ -145,12 +145,48 @@ class Dispatcher:
         self.handlers[kind] = handler
 
 
+class EndSignal:
+    """Fires once, when its stream fails; callbacks run synchronously in :meth:`fire` (they must
+    not block). A waiter registers a callback instead of parking a task on an
+    :class:`asyncio.Event`: a forwarded long-poll waits on one of these, and a task per wait
+    is a measurable share of a forward (see :mod:`siomesh.orphans`)."""
+
+    __slots__ = ("_callbacks", "_fired")
+
+    def __init__(self, fired: bool = False) -> None:
+        self._fired = fired
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._fired
+
+    def fire(self) -> None:
+        if self._fired:
+            return
+        self._fired = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the signal fires (at once if it has fired)."""
+        if self._fired:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+
 class Stream:
     """One exchange on a link (see the module docstring). Created by :meth:`Link.open_stream`
     on the dialler and by the link itself on the acceptor."""
 
     __slots__ = (
         "_credit_event",
+        "_end_signal",
         "_ended",
         "_error",
         "_interrupt",
@@ -177,6 +213,7 @@ class Stream:
         # Made on first use: most streams are one request and one answer, which need neither
         # (every forwarded request pays for what is built here).
         self._ended: asyncio.Event | None = None
+        self._end_signal: EndSignal | None = None
         self._credit_event: asyncio.Event | None = None
         self.credit = Stream.WINDOW  # bytes we may still send
         self.consumed = 0  # bytes received and consumed, not yet acknowledged by WINDOW
@@ -192,6 +229,14 @@ class Stream:
             if self._error is not None:
                 self._ended.set()
         return self._ended
+
+    @property
+    def end_signal(self) -> EndSignal:
+        """Fires when the stream fails (as :attr:`ended` is set), for waiters that would
+        rather not park a task."""
+        if self._end_signal is None:
+            self._end_signal = EndSignal(fired=self._error is not None)
+        return self._end_signal
 
     def push(self, kind: FrameType, payload: bytes) -> None:
         if kind is FrameType.WINDOW:
@@ -220,6 +265,8 @@ class Stream:
             self._error = error
         if self._ended is not None:
             self._ended.set()
+        if self._end_signal is not None:
+            self._end_signal.fire()
         self._wake()
         if self._credit_event is not None:
             self._credit_event.set()

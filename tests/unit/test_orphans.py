@@ -11,6 +11,7 @@ from engineio import packet, payload
 from engineio.async_socket import AsyncSocket
 
 from siomesh.engine import EngineSeam
+from siomesh.links.link import EndSignal
 from siomesh.orphans import MAX_POLL_PACKETS, ORPHANED, guard_poll, take_queued
 
 T = 2.0
@@ -32,7 +33,7 @@ def msg(text: str) -> packet.Packet:
     return packet.Packet(packet.MESSAGE, data=text)
 
 
-async def orphanable_poll(socket: AsyncSocket, orphaned: asyncio.Event) -> list[packet.Packet]:
+async def orphanable_poll(socket: AsyncSocket, orphaned: EndSignal) -> list[packet.Packet]:
     """Run ``socket.poll`` the way a forwarded request does: with ORPHANED set."""
     token = ORPHANED.set(orphaned)
     try:
@@ -77,11 +78,11 @@ async def test_without_orphaned_a_packet_arriving_later_is_returned() -> None:
 
 async def test_orphaned_poll_returns_nothing_and_leaves_the_queue() -> None:
     socket = make_socket()
-    orphaned = asyncio.Event()
+    orphaned = EndSignal()
     waiting = asyncio.ensure_future(orphanable_poll(socket, orphaned))
     await asyncio.sleep(0.01)
     assert not waiting.done()  # held like a long-poll
-    orphaned.set()  # the forwarder went away before any packet
+    orphaned.fire()  # the forwarder went away before any packet
     assert await asyncio.wait_for(waiting, T) == []
     # a packet sent afterwards stays for the client's next (retried) poll
     await socket.queue.put(msg("for the retry"))
@@ -93,8 +94,8 @@ async def test_orphaned_poll_returns_nothing_and_leaves_the_queue() -> None:
 
 async def test_already_orphaned_poll_returns_at_once() -> None:
     socket = make_socket()
-    orphaned = asyncio.Event()
-    orphaned.set()
+    orphaned = EndSignal()
+    orphaned.fire()
     assert await asyncio.wait_for(orphanable_poll(socket, orphaned), T) == []
     await socket.queue.put(msg("kept"))
     assert socket.queue.qsize() == 1
@@ -102,7 +103,7 @@ async def test_already_orphaned_poll_returns_at_once() -> None:
 
 async def test_orphanable_poll_returns_queued_packets() -> None:
     socket = make_socket()
-    orphaned = asyncio.Event()
+    orphaned = EndSignal()
     for text in ("a", "b", "c"):
         await socket.queue.put(msg(text))
     packets = await asyncio.wait_for(orphanable_poll(socket, orphaned), T)
@@ -114,28 +115,28 @@ async def test_orphanable_poll_returns_queued_packets() -> None:
 
 async def test_orphanable_poll_returns_a_packet_arriving_before_the_event() -> None:
     socket = make_socket()
-    orphaned = asyncio.Event()
+    orphaned = EndSignal()
     waiting = asyncio.ensure_future(orphanable_poll(socket, orphaned))
     await asyncio.sleep(0.01)
     await socket.queue.put(msg("in time"))
     assert [p.data for p in await asyncio.wait_for(waiting, T)] == ["in time"]
-    orphaned.set()  # too late to matter
+    orphaned.fire()  # too late to matter
 
 
 async def test_orphanable_poll_stops_at_the_close_marker() -> None:
     socket = make_socket()
     await socket.queue.put(msg("last"))
     await socket.queue.put(None)  # python-engineio's "socket closing" marker
-    packets = await asyncio.wait_for(orphanable_poll(socket, asyncio.Event()), T)
+    packets = await asyncio.wait_for(orphanable_poll(socket, EndSignal()), T)
     assert [p.data for p in packets] == ["last"]
     # the marker is put back for the next poll, which returns nothing
-    assert await asyncio.wait_for(orphanable_poll(socket, asyncio.Event()), T) == []
+    assert await asyncio.wait_for(orphanable_poll(socket, EndSignal()), T) == []
 
 
 async def test_orphanable_poll_times_out_like_engineio() -> None:
     socket = make_socket(ping_interval=0.02, ping_timeout=0.02)
     with pytest.raises(eio_exceptions.QueueEmpty):
-        await asyncio.wait_for(orphanable_poll(socket, asyncio.Event()), T)
+        await asyncio.wait_for(orphanable_poll(socket, EndSignal()), T)
     await socket.queue.put(msg("after the timeout"))
     assert socket.queue.qsize() == 1  # the timed-out getter took nothing
 
@@ -143,12 +144,12 @@ async def test_orphanable_poll_times_out_like_engineio() -> None:
 async def test_two_waiting_polls_one_orphaned() -> None:
     """python-engineio lets two polls wait; the orphaned one must not take the packet."""
     socket = make_socket()
-    orphaned = asyncio.Event()
+    orphaned = EndSignal()
     orphan = asyncio.ensure_future(orphanable_poll(socket, orphaned))
     await asyncio.sleep(0.01)
     retry = asyncio.ensure_future(socket.poll())
     await asyncio.sleep(0.01)
-    orphaned.set()
+    orphaned.fire()
     assert await asyncio.wait_for(orphan, T) == []
     await socket.queue.put(msg("ack"))
     assert [p.data for p in await asyncio.wait_for(retry, T)] == ["ack"]
@@ -165,7 +166,7 @@ async def test_a_burst_is_returned_at_most_16_packets_per_poll_in_order(forwarde
     got: list[list[str]] = []
     for _ in range(3):
         if forwarded:
-            packets = await asyncio.wait_for(orphanable_poll(socket, asyncio.Event()), T)
+            packets = await asyncio.wait_for(orphanable_poll(socket, EndSignal()), T)
         else:
             packets = await asyncio.wait_for(socket.poll(), T)
         # what the client decodes: one payload per poll
@@ -183,9 +184,68 @@ async def test_an_orphaned_poll_takes_nothing_left_over() -> None:
     for i in range(20):
         await socket.queue.put(msg(str(i)))
     assert len(await asyncio.wait_for(socket.poll(), T)) == 16
-    orphaned = asyncio.Event()
-    orphaned.set()
+    orphaned = EndSignal()
+    orphaned.fire()
     assert await asyncio.wait_for(orphanable_poll(socket, orphaned), T) == []
     await socket.queue.put(msg("20"))
     assert [p.data for p in take_queued(socket)] == ["16", "17", "18", "19", "20"]
     assert socket.queue.empty()
+
+
+async def test_a_packet_handed_over_as_the_orphan_fires_stays_queued() -> None:
+    """The packet arrives and the forwarder goes away in the same loop turn, before the
+    orphaned poll resumes: it returns nothing, and the packet goes to the other poll."""
+    socket = make_socket()
+    orphaned = EndSignal()
+    orphan = asyncio.ensure_future(orphanable_poll(socket, orphaned))
+    await asyncio.sleep(0.01)
+    retry = asyncio.ensure_future(socket.poll())
+    await asyncio.sleep(0.01)
+    socket.queue.put_nowait(msg("ack"))  # wakes the orphan's getter (the first waiter)...
+    orphaned.fire()  # ...which is cut before it runs
+    assert await asyncio.wait_for(orphan, T) == []
+    assert [p.data for p in await asyncio.wait_for(retry, T)] == ["ack"]
+
+
+async def test_a_poll_cancelled_from_elsewhere_is_engineios_queue_empty() -> None:
+    socket = make_socket()
+    waiting = asyncio.ensure_future(socket.poll())
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(eio_exceptions.QueueEmpty):
+        await asyncio.wait_for(waiting, T)
+    await socket.queue.put(msg("kept"))
+    assert [p.data for p in await asyncio.wait_for(socket.poll(), T)] == ["kept"]
+
+
+async def test_a_forwarded_poll_parks_no_task_and_leaves_no_cancel_behind() -> None:
+    """The former guard parked two tasks per forwarded poll; this one waits on the caller's
+    task. A timeout is taken back: the caller's task is not left half-cancelled (an enclosing
+    ``asyncio.timeout`` or TaskGroup would misread it)."""
+    socket = make_socket(ping_interval=0.05, ping_timeout=0.05)
+    before = len(asyncio.all_tasks())
+    waiting = asyncio.ensure_future(orphanable_poll(socket, EndSignal()))
+    await asyncio.sleep(0.01)
+    assert len(asyncio.all_tasks()) == before + 1  # the poll's own task, nothing more
+    await socket.queue.put(msg("x"))
+    assert [p.data for p in await asyncio.wait_for(waiting, T)] == ["x"]
+
+    async def timed_out() -> int:
+        with pytest.raises(eio_exceptions.QueueEmpty):
+            await orphanable_poll(socket, EndSignal())
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling() if hasattr(task, "cancelling") else 0
+
+    assert await asyncio.wait_for(timed_out(), T) == 0
+
+
+async def test_a_forwarded_poll_cancelled_from_elsewhere_is_engineios_queue_empty() -> None:
+    socket = make_socket()
+    waiting = asyncio.ensure_future(orphanable_poll(socket, EndSignal()))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(eio_exceptions.QueueEmpty):
+        await asyncio.wait_for(waiting, T)
+    await socket.queue.put(msg("kept"))
+    assert [p.data for p in await asyncio.wait_for(socket.poll(), T)] == ["kept"]
