@@ -40,7 +40,7 @@ from .balancers import Balancer, binary_for, start_balancer
 from .fleet import ConnectReport, DeliveryReport, Fleet, Member, percentile, raise_fd_limit
 from .load import close_client
 from .procs import MeshCluster, ProcessError, RedisServer, start_mesh
-from .sysinfo import connections_to, rss_bytes
+from .sysinfo import connections_to, cpu_seconds, rss_bytes
 
 __all__ = ["SETUP_NAMES", "LatencyParams", "ScaleParams", "run_latency", "run_scale"]
 
@@ -118,6 +118,9 @@ class Outcome:
     #: summed over the mesh nodes: suspicions raised, and suspicions refuted (false ones)
     suspicions: int | None = None
     false_suspicions: int | None = None
+    #: CPU seconds (user + system) spent during the burst phase by the client processes and
+    #: by the servers (nodes, and redis-server where there is one); None where /proc is not
+    burst_cpu: tuple[float, float] | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -140,6 +143,13 @@ class _Setup:
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.stop()
+
+    def server_pids(self) -> list[int]:
+        """The nodes' pids, and redis-server's where there is one."""
+        pids = [n.proc.pid for n in self.cluster.nodes] if self.cluster is not None else []
+        if self.redis is not None and self.redis.proc is not None:
+            pids.append(self.redis.proc.pid)
+        return pids
 
     def sample(self, outcome: Outcome) -> None:
         """Memory and links of the nodes, while the clients are still connected."""
@@ -348,7 +358,20 @@ async def _latency_setup(kind: str, params: LatencyParams, workdir: Path) -> Out
                 ("paced", params.paced, params.interval),
                 ("burst", params.burst, 0.0),
             ):
-                await _broadcast_phase(fleet, sender, outcome, tag, count, interval, wait)
+                if tag != "burst":
+                    await _broadcast_phase(fleet, sender, outcome, tag, count, interval, wait)
+                else:
+                    # where the box's CPU goes while it delivers as fast as it can: on a
+                    # shared machine the clients' share bounds what any server can gain
+                    groups = (fleet.pids(), setup.server_pids())
+                    before = [_cpu_of(g) for g in groups]
+                    await _broadcast_phase(fleet, sender, outcome, tag, count, interval, wait)
+                    after = [_cpu_of(g) for g in groups]
+                    if None not in before and None not in after:
+                        outcome.burst_cpu = (
+                            (after[0] or 0.0) - (before[0] or 0.0),
+                            (after[1] or 0.0) - (before[1] or 0.0),
+                        )
                 d = outcome.deliveries[tag]
                 _progress(f"  {kind} {tag}: {d.delivered}/{d.expected * d.receivers} delivered")
             if params.rotating:
@@ -457,6 +480,32 @@ def _rotating_rate(o: Outcome) -> float:
     return o.deliveries["rotating"].expected / span if span > 0 else math.nan
 
 
+def _cpu_of(pids: list[int]) -> float | None:
+    """CPU seconds used so far by ``pids`` together; None if one cannot be read."""
+    total = 0.0
+    for pid in pids:
+        used = cpu_seconds(pid)
+        if used is None:
+            return None
+        total += used
+    return total
+
+
+def _burst_server_us(o: Outcome) -> float | None:
+    """Server CPU (nodes, and redis-server) per burst delivery, µs."""
+    delivered = o.deliveries["burst"].delivered
+    if o.burst_cpu is None or not delivered:
+        return None
+    return o.burst_cpu[1] / delivered * 1e6
+
+
+def _burst_client_share(o: Outcome) -> float | None:
+    """The client processes' share of the CPU spent during the burst, %."""
+    if o.burst_cpu is None or sum(o.burst_cpu) <= 0:
+        return None
+    return 100 * o.burst_cpu[0] / sum(o.burst_cpu)
+
+
 def _burst_rate(o: Outcome) -> float:
     delivered, span = o.deliveries["burst"].delivered, o.spans["burst"]
     return delivered / span if span > 0 else math.nan
@@ -470,6 +519,8 @@ def _latency_rows(receivers: int) -> list[_Row]:
         ("paced: messages lost", _d("paced", lambda d: d.lost), False),
         ("burst: deliveries/s", _burst_rate, True),
         ("burst: last delivery after (s)", lambda o: o.spans["burst"], True),
+        ("burst: server CPU per delivery (us)", _burst_server_us, True),
+        ("burst: client processes' share of CPU (%)", _burst_client_share, True),
         ("burst: messages lost", _d("burst", lambda d: d.lost), False),
         ("rotating: broadcasts/s, each awaited", _rotating_rate, True),
         ("rotating: latency p50 (ms)", _d("rotating", lambda d: _ms(d.latencies, 0.5)), True),

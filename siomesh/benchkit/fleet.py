@@ -335,9 +335,7 @@ def _worker(
         loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(
-            _work(
-                conn, members, room, connect_timeout, call_timeout, idle_timeout, request_timeout
-            )
+            _work(conn, members, room, connect_timeout, call_timeout, idle_timeout, request_timeout)
         )
     finally:
         loop.close()
@@ -381,6 +379,10 @@ class Fleet:
         self.slices = [self.members[i::count] for i in range(count)]
         self.procs: list[_Proc] = []
         self._joined: list[list[bool]] = []
+
+    def pids(self) -> list[int]:
+        """The client processes' pids (started ones)."""
+        return [p.process.pid for p in self.procs if p.process.pid is not None]
 
     async def _gather(self, procs: list[_Proc], kind: str, timeout: float) -> dict[int, Any]:
         """The next message of each of ``procs`` (by index), waiting at most ``timeout`` s."""
