@@ -74,9 +74,14 @@ SCENARIOS: dict[str, tuple[str, int, str | None, str | None, str]] = {
     # owner-aware configs (``siomesh balancer``): each request goes to the sid's owner
     "mesh-nginx-owner": (MESH_APP, 3, "nginx", OWNER, "127.0.0.1"),
     "mesh-haproxy-owner": (MESH_APP, 3, "haproxy", OWNER, "127.0.0.1"),
+    # Caddy, round-robin and owner-aware: only with --only (the default run stays as long)
+    "mesh-caddy-rr": (MESH_APP, 3, "caddy", None, "127.0.0.1"),
+    "mesh-caddy-owner": (MESH_APP, 3, "caddy", OWNER, "127.0.0.1"),
 }
+#: Setups that run only when ``--only`` names them.
+ON_REQUEST = frozenset({"mesh-caddy-rr", "mesh-caddy-owner"})
 #: Setups behind plain round-robin, whose CPU figure gives the price of a forward (c).
-ROUND_ROBIN = ("mesh-nginx-rr", "mesh-haproxy-rr")
+ROUND_ROBIN = ("mesh-nginx-rr", "mesh-haproxy-rr", "mesh-caddy-rr")
 
 
 @dataclass
@@ -448,7 +453,7 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     clients = args.clients or (12 if args.quick else 50)
     rounds = args.rounds or (3 if args.quick else 20)
-    names = list(SCENARIOS)
+    names = [n for n in SCENARIOS if n not in ON_REQUEST]
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in SCENARIOS]

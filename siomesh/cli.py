@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import env_option
+from .owner_routing import KINDS
 from .workers import WorkerPlan, app_problem, plan_workers, port_problem, supervise
 
 __all__ = ["main"]
@@ -110,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     balancer = sub.add_parser(
         "balancer",
-        help="print an owner-aware nginx or HAProxy config (no forwards after the handshake)",
+        help="print an owner-aware nginx, HAProxy or Caddy config (no forward after a handshake)",
         description=(
             "Print a balancer config that sends every request carrying a sid to the node that "
             "owns it (read from the sid's first characters) and the rest round-robin. Nodes "
@@ -118,7 +119,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "depend on the cluster secret."
         ),
     )
-    balancer.add_argument("kind", choices=["nginx", "haproxy"], help="which balancer")
+    balancer.add_argument("kind", choices=list(KINDS), help="which balancer")
     balancer.add_argument("nodes", nargs="*", metavar="NODE_URL", help="each node's node_url")
     balancer.add_argument(
         "--from",

@@ -1,7 +1,7 @@
 """Owner-aware balancer configs (``siomesh balancer``, :mod:`siomesh.owner_routing`) with real
-nginx and HAProxy in front of 3 real nodes: after the handshake every request goes straight to
-its owner (the nodes count 0 forwards and 0 takeovers); a tag the config does not know, and a
-node frozen for 15 s, cost nothing to the clients the config can route."""
+nginx, HAProxy and Caddy in front of 3 real nodes: after the handshake every request goes
+straight to its owner (the nodes count 0 forwards and 0 takeovers); a tag the config does not
+know, and a node frozen for 15 s, cost nothing to the clients the config can route."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
         cluster.end()
 
 
-@pytest.fixture(scope="module", params=["nginx", "haproxy"])
+@pytest.fixture(scope="module", params=["nginx", "haproxy", "caddy"])
 def owner_lb(
     request: pytest.FixtureRequest, mesh: MeshCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Balancer]:
@@ -83,7 +83,7 @@ async def test_a_tag_the_config_does_not_know_is_forwarded(
     assert mesh.total("forwarded") > forwarded  # node 3's sessions, through the mesh
 
 
-@pytest.mark.parametrize("name", ["nginx", "haproxy"])
+@pytest.mark.parametrize("name", ["nginx", "haproxy", "caddy"])
 async def test_a_frozen_node_costs_other_nodes_clients_nothing(tmp_path: Path, name: str) -> None:
     """One of 3 nodes frozen (SIGSTOP) for 15 s under 30 polling clients calling every
     0.2 s: behind round-robin a third of every client's polls would land on it; behind the
@@ -140,7 +140,8 @@ def test_the_command_prints_what_the_harness_runs() -> None:
 
 
 @pytest.mark.parametrize(("kind", "shipped"), [("nginx", "nginx-owner.conf"),
-                                                ("haproxy", "haproxy-owner.cfg")])  # fmt: skip
+                                                ("haproxy", "haproxy-owner.cfg"),
+                                                ("caddy", "Caddyfile-owner")])  # fmt: skip
 def test_the_shipped_examples_are_what_the_command_prints(kind: str, shipped: str) -> None:
     urls = ["http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"]
     expected = render(kind, backends("change-me", urls), listen="0.0.0.0:80")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from siomesh.owner_routing import backends, haproxy_config, nginx_config
+import pytest
+
+from siomesh.owner_routing import backends, caddy_config, haproxy_config, nginx_config
 from tests.conftest import require_binary
 
 SECRET = "owner-routing-configs-test-secret-0123456789"
@@ -55,3 +57,47 @@ def test_nginx_accepts_a_tag_that_starts_with_a_dash(tmp_path: Path) -> None:
         timeout=30,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_caddy_accepts_tags_that_start_with_a_dash_or_an_underscore(tmp_path: Path) -> None:
+    caddy = require_binary("caddy")
+    nodes = backends(SECRET, _urls_with_a_dash_first_tag())
+    config = tmp_path / "Caddyfile"
+    config.write_text(caddy_config(nodes, listen="127.0.0.1:18082"))
+    check = subprocess.run(
+        [caddy, "validate", "--config", str(config), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    text = config.read_text()
+    for node in nodes:
+        assert f"vars_regexp {{http.request.uri.query.sid}} ^{node.tag}\n" in text
+
+
+@pytest.mark.parametrize(
+    ("listen", "site", "bind"),
+    [
+        ("0.0.0.0:80", "http://:80 {", None),
+        ("*:8080", "http://:8080 {", None),
+        ("127.0.0.1:18083", "http://:18083 {", "\tbind 127.0.0.1\n"),
+        ("[::1]:18084", "http://:18084 {", "\tbind ::1\n"),
+    ],
+)
+def test_caddy_site_has_no_host_matcher(listen: str, site: str, bind: str | None) -> None:
+    """A site address with a host would make Caddy match requests by their Host header (a
+    client asking for example.com through 0.0.0.0:80 would get an empty answer): the address
+    is only the port, and a specific address becomes ``bind``."""
+    text = caddy_config(backends(SECRET, ["http://127.0.0.1:19999"]), listen=listen)
+    assert site in text
+    if bind is None:
+        assert "\tbind " not in text
+    else:
+        assert bind in text
+
+
+def test_caddy_listen_must_have_a_port() -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        caddy_config(backends(SECRET, ["http://127.0.0.1:19999"]), listen="0.0.0.0")
