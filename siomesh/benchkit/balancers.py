@@ -89,6 +89,7 @@ def render(template: str, *, listen_port: int, backends: Sequence[str], run_dir:
     values = {
         "LISTEN": f"{LOOPBACK}:{listen_port}",
         "LISTEN_PORT": str(listen_port),
+        "LISTEN_HOST": LOOPBACK,
         "RUN_DIR": str(run_dir),
         "MODULES": APACHE_MODULES,
     }
