@@ -5,6 +5,8 @@ rendered with free loopback ports and a per-run directory."""
 from __future__ import annotations
 
 import os
+import re
+import resource
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +105,29 @@ def render(template: str, *, listen_port: int, backends: Sequence[str], run_dir:
     return text
 
 
+_MAXCONN = re.compile(r"^(\s*maxconn\s+)(\d+)", re.MULTILINE)
+
+
+def fit_haproxy_maxconn(text: str) -> str:
+    """``text`` (an HAProxy config) with its first ``maxconn`` lowered to what this process's
+    open-file hard limit allows, if it is lower than the config asks for.
+
+    HAProxy needs about two file descriptors per connection and refuses to start when it
+    cannot raise its limit that far ("Cannot raise FD limit"); it cannot raise the hard limit.
+    The shipped configs ask for 9,000 connections (about 18,000 descriptors), sized for a
+    deployment; a test or benchmark machine with a lower hard limit still runs them, with as
+    many connections as it allows."""
+    match = _MAXCONN.search(text)
+    if match is None:
+        return text
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = int(match.group(2))
+    if hard == resource.RLIM_INFINITY or 2 * wanted + 64 <= hard:
+        return text
+    fitted = max(256, (hard - 64) // 2)
+    return text[: match.start(2)] + str(fitted) + text[match.end(2) :]
+
+
 def _argv(name: str, binary: str, config: Path, run_dir: Path) -> list[str]:
     if name == "nginx":
         # As root nginx would run its workers as "nobody", who cannot use the temp dirs here.
@@ -165,6 +190,8 @@ def start_balancer(
         config.write_text(owner_routing.render(name, nodes, listen=listen, run_dir=str(run_dir)))
     else:
         config.write_text(render(config_name, listen_port=port, backends=backends, run_dir=run_dir))
+    if name == "haproxy":
+        config.write_text(fit_haproxy_maxconn(config.read_text()))
     env = dict(os.environ)
     if name == "caddy":
         # Caddy keeps state under $HOME / XDG dirs: keep it inside the run directory.
