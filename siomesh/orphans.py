@@ -23,7 +23,7 @@ when its wait is cancelled, even one that had just been handed to it, so a packe
 in the very loop turn the forwarder goes away stays for the client's next poll. (The former
 guard raced the queue's getter, as a task, against the signal, and took such a packet: the
 loss this module exists to prevent. It also cost two tasks and an ``asyncio.wait`` per
-forwarded poll: 11.4 against 7.8 µs of CPU per wait, ``benchmarks/poll_wait.py``.)
+forwarded poll: about 11 against 8.4 µs of CPU per wait, ``benchmarks/poll_wait.py``.)
 
 It also caps what one poll returns at :data:`MAX_POLL_PACKETS`, python-engineio's own client
 limit (``Payload.max_decode_packets``): its server returns *every* queued packet in one poll,

@@ -61,11 +61,6 @@ class ScaleParams:
     call_timeout: float = 30.0
     broadcast_wait: float = 60.0
     processes: int | None = None
-    # python-engineio's client gives each handshake request 5 s by default: 5,000 clients
-    # connecting at once on 2 cores (clients, balancer and nodes on the same cores) then time
-    # out by the thousand in both setups, and the wall measured the clients' own give-ups. Both
-    # setups' clients wait this long instead, so the storm measures how fast the servers admit.
-    request_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -287,7 +282,6 @@ async def _scale_setup(kind: str, params: ScaleParams, workdir: Path) -> Outcome
         processes=params.processes,
         connect_timeout=params.connect_timeout,
         call_timeout=params.call_timeout,
-        request_timeout=params.request_timeout,
     )
     sender = _Sender(setup.url, params.call_timeout)
     try:

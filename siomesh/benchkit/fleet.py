@@ -149,9 +149,9 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Receiver:
-    def __init__(self, member: Member, request_timeout: float) -> None:
+    def __init__(self, member: Member) -> None:
         self.member = member
-        self.client = socketio.AsyncClient(reconnection=False, request_timeout=request_timeout)
+        self.client = socketio.AsyncClient(reconnection=False)
         # tag -> [(i, sent at, arrived at)] in arrival order
         self.got: dict[str, list[tuple[int, float, float]]] = {}
         self.dropped: str | None = None
@@ -188,7 +188,7 @@ class _Receiver:
             if reason.endswith(_REFUSED):
                 # python-engineio's words for any failed handshake request whose error has no
                 # text: in practice its own 5 s request timeout (a refused TCP connect has text)
-                reason += " (a handshake request that failed without a message: its timeout)"
+                reason += " (a handshake request that failed without a message: its 5 s timeout)"
             return _Outcome(connected=False, error=f"connect: {reason}")
         ended = time.monotonic()
         outcome = _Outcome(
@@ -264,9 +264,8 @@ async def _work(
     connect_timeout: float,
     call_timeout: float,
     idle_timeout: float,
-    request_timeout: float,
 ) -> None:
-    receivers = [_Receiver(m, request_timeout) for m in members]
+    receivers = [_Receiver(m) for m in members]
     try:
         conn.send(("ready",))
         message = await asyncio.to_thread(_recv, conn, idle_timeout)
@@ -310,7 +309,6 @@ def _worker(
     connect_timeout: float,
     call_timeout: float,
     idle_timeout: float,
-    request_timeout: float,
 ) -> None:
     # Engine.IO logs every failed or closed connection: count the reasons, print nothing.
     for name in ("engineio.client", "socketio.client", "asyncio"):
@@ -335,7 +333,7 @@ def _worker(
         loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(
-            _work(conn, members, room, connect_timeout, call_timeout, idle_timeout, request_timeout)
+            _work(conn, members, room, connect_timeout, call_timeout, idle_timeout)
         )
     finally:
         loop.close()
@@ -364,10 +362,7 @@ class Fleet:
         connect_timeout: float = 30.0,
         call_timeout: float = 15.0,
         idle_timeout: float = 600.0,
-        request_timeout: float = 5.0,
     ) -> None:
-        """``request_timeout``: python-engineio's client bound on each HTTP request (the
-        handshake, a POST); its default is 5 s."""
         count = processes or min(MAX_PROCESSES, math.ceil(len(members) / CLIENTS_PER_PROCESS))
         count = max(1, min(count, len(members) or 1))
         self.members = list(members)
@@ -375,7 +370,6 @@ class Fleet:
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
         self.idle_timeout = idle_timeout
-        self.request_timeout = request_timeout
         self.slices = [self.members[i::count] for i in range(count)]
         self.procs: list[_Proc] = []
         self._joined: list[list[bool]] = []
@@ -422,7 +416,6 @@ class Fleet:
                     self.connect_timeout,
                     self.call_timeout,
                     self.idle_timeout,
-                    self.request_timeout,
                 ),
                 daemon=True,
             )
