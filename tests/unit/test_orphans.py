@@ -141,17 +141,26 @@ async def test_orphanable_poll_times_out_like_engineio() -> None:
     assert socket.queue.qsize() == 1  # the timed-out getter took nothing
 
 
-async def test_two_waiting_polls_one_orphaned() -> None:
-    """python-engineio lets two polls wait; the orphaned one must not take the packet."""
+@pytest.mark.parametrize("same_turn", [False, True])
+async def test_two_waiting_polls_one_orphaned(same_turn: bool) -> None:
+    """python-engineio lets two polls wait; the orphaned one must not take the packet, also
+    when the packet arrives and the forwarder goes away in the same loop turn, before the
+    orphaned poll resumes (the packet wakes its getter, the first waiter, which is cut before
+    it runs)."""
     socket = make_socket()
     orphaned = EndSignal()
     orphan = asyncio.ensure_future(orphanable_poll(socket, orphaned))
     await asyncio.sleep(0.01)
     retry = asyncio.ensure_future(socket.poll())
     await asyncio.sleep(0.01)
-    orphaned.fire()
-    assert await asyncio.wait_for(orphan, T) == []
-    await socket.queue.put(msg("ack"))
+    if same_turn:
+        socket.queue.put_nowait(msg("ack"))
+        orphaned.fire()
+        assert await asyncio.wait_for(orphan, T) == []
+    else:
+        orphaned.fire()
+        assert await asyncio.wait_for(orphan, T) == []
+        await socket.queue.put(msg("ack"))
     assert [p.data for p in await asyncio.wait_for(retry, T)] == ["ack"]
 
 
@@ -192,24 +201,11 @@ async def test_an_orphaned_poll_takes_nothing_left_over() -> None:
     assert socket.queue.empty()
 
 
-async def test_a_packet_handed_over_as_the_orphan_fires_stays_queued() -> None:
-    """The packet arrives and the forwarder goes away in the same loop turn, before the
-    orphaned poll resumes: it returns nothing, and the packet goes to the other poll."""
+@pytest.mark.parametrize("forwarded", [False, True])
+async def test_a_poll_cancelled_from_elsewhere_is_engineios_queue_empty(forwarded: bool) -> None:
     socket = make_socket()
-    orphaned = EndSignal()
-    orphan = asyncio.ensure_future(orphanable_poll(socket, orphaned))
-    await asyncio.sleep(0.01)
-    retry = asyncio.ensure_future(socket.poll())
-    await asyncio.sleep(0.01)
-    socket.queue.put_nowait(msg("ack"))  # wakes the orphan's getter (the first waiter)...
-    orphaned.fire()  # ...which is cut before it runs
-    assert await asyncio.wait_for(orphan, T) == []
-    assert [p.data for p in await asyncio.wait_for(retry, T)] == ["ack"]
-
-
-async def test_a_poll_cancelled_from_elsewhere_is_engineios_queue_empty() -> None:
-    socket = make_socket()
-    waiting = asyncio.ensure_future(socket.poll())
+    poll = orphanable_poll(socket, EndSignal()) if forwarded else socket.poll()
+    waiting = asyncio.ensure_future(poll)
     await asyncio.sleep(0.01)
     waiting.cancel()
     with pytest.raises(eio_exceptions.QueueEmpty):
@@ -238,14 +234,3 @@ async def test_a_forwarded_poll_parks_no_task_and_leaves_no_cancel_behind() -> N
         return task.cancelling() if hasattr(task, "cancelling") else 0
 
     assert await asyncio.wait_for(timed_out(), T) == 0
-
-
-async def test_a_forwarded_poll_cancelled_from_elsewhere_is_engineios_queue_empty() -> None:
-    socket = make_socket()
-    waiting = asyncio.ensure_future(orphanable_poll(socket, EndSignal()))
-    await asyncio.sleep(0.01)
-    waiting.cancel()
-    with pytest.raises(eio_exceptions.QueueEmpty):
-        await asyncio.wait_for(waiting, T)
-    await socket.queue.put(msg("kept"))
-    assert [p.data for p in await asyncio.wait_for(socket.poll(), T)] == ["kept"]
