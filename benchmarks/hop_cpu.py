@@ -13,8 +13,8 @@ The phases alternate (PAIRS of each), and each phase reads both nodes' utime + s
     (cpu(forwarded phase) - cpu(direct phase)) / requests
 
 Each pair's line also splits the CPU by process (owner, forwarder). Few sessions (``4``) put
-about one frame in each link message, as the bench's 50 clients over three nodes do; many
-(``20``) let the links batch several. ``benchmarks/hop_floor.py`` measures the same figure for
+about two frames in each link message, as the bench's 50 clients over three nodes do; more
+(``20``) let the links batch about seven. ``benchmarks/hop_floor.py`` measures the same figure for
 a bare forward over plain TCP, the floor this one is compared with (docs/benchmark.md).
 
 Usage: .venv/bin/python benchmarks/hop_cpu.py [SESSIONS] [ROUNDS] [PAIRS]
