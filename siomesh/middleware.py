@@ -194,24 +194,39 @@ class SioMesh:
         if not self._engine_prefixes:
             return True
         slashed = path if path.endswith("/") else path + "/"
-        return any(slashed.startswith(p) for p in self._engine_prefixes)
+        return slashed.startswith(self._engine_prefixes)  # a tuple: one call, every request
 
     async def _engine_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        if any(name.startswith(_MESH_PREFIX) for name, _ in headers):
-            # Peers never talk over plain HTTP (only over links): an x-siomesh-* header from a
-            # client is a spoofing attempt or a stale proxy; the app must never see it.
-            scope = dict(scope)
-            scope["headers"] = [(k, v) for k, v in headers if not k.startswith(_MESH_PREFIX)]
-        method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
+        for name, _ in headers:  # a loop, not any(): every request pays for this scan
+            if name.startswith(_MESH_PREFIX):
+                # Peers never talk over plain HTTP (only over links): an x-siomesh-* header
+                # from a client is a spoofing attempt or a stale proxy; the app must never
+                # see it.
+                scope = dict(scope)
+                scope["headers"] = [(k, v) for k, v in headers if not k.startswith(_MESH_PREFIX)]
+                break
+        http = scope["type"] == "http"
+        method = scope.get("method", "GET") if http else "GET"
         sid = sid_of(scope.get("query_string", b""))
-        if self.node.poll_refusals and await self.node.refuse_dropped_poll(
-            scope, receive, send, sid
-        ):
+        node = self.node
+        if node.poll_refusals and await node.refuse_dropped_poll(scope, receive, send, sid):
             return
-        takeover = self.node.takeover
+        takeover = node.takeover
         if sid is not None and sid in takeover.pending:
             await takeover.wait_installed(sid)  # this node is taking the session over
+        if (
+            http
+            and sid is not None
+            and sid in node.local_sids
+            and method != "OPTIONS"
+            and not self.config.served_by_header
+        ):
+            # The most frequent request of all: a poll or POST of a session this node owns
+            # (every request behind an owner-aware balancer). decide() would serve it as a
+            # "local sid" and nothing below applies to it.
+            await self.app(scope, receive, send)
+            return
         decision = decide(
             method=method,
             sid=sid,

@@ -732,8 +732,8 @@ async def _probe_requests(node: Node, mark: str) -> list[dict[str, Any]]:
 
 
 async def test_client_mesh_headers_never_reach_the_app(mesh: MeshCluster) -> None:
-    """Served here, forwarded (POST, GET) or relayed (WebSocket upgrade): the app sees no
-    ``x-siomesh-*`` header and the real client address."""
+    """Served here (a handshake, a POST of a local session), forwarded (POST, GET) or relayed
+    (WebSocket upgrade): the app sees no ``x-siomesh-*`` header and the real client address."""
     owner, forwarder = mesh.nodes[0], mesh.nodes[2]
     mark = secrets.token_hex(6)
     headers = {**MESH_HEADERS, "x-probe-mark": mark}
@@ -745,6 +745,10 @@ async def test_client_mesh_headers_never_reach_the_app(mesh: MeshCluster) -> Non
         assert (await http.post(url, content=b"40", headers=headers)).status_code == 200
         connected = await http.get(url, headers=headers)
         assert connected.status_code == 200 and connected.text.startswith("40"), connected.text
+        # a POST of the owner's own session, sent to the owner (the middleware's fast path)
+        own = f"{owner.url}{EIO}&sid={sid}"
+        posted = await http.post(own, content=b'42["clientaddr"]', headers=headers)
+        assert posted.status_code == 200, posted.text
     # the upgrade to WebSocket through the non-owner: relayed to the owner
     ws_headers = {**headers, "Origin": ORIGIN}
     async with aiohttp.ClientSession() as session:
@@ -774,6 +778,7 @@ async def test_client_mesh_headers_never_reach_the_app(mesh: MeshCluster) -> Non
     assert kinds == [
         ("http", "GET", "direct"),
         ("http", "GET", "forwarded"),
+        ("http", "POST", "direct"),
         ("http", "POST", "forwarded"),
         ("websocket", "GET", "direct"),
         ("websocket", "GET", "forwarded"),
