@@ -1,6 +1,7 @@
-"""``benchmarks/hop_cpu.py`` and ``benchmarks/hop_floor.py`` in a quick mode: both run real
-uvicorn processes, every polling round trip is checked (the ack of each echo comes back through
-the forwarder), and each prints the figure docs/benchmark.md quotes."""
+"""``benchmarks/hop_cpu.py``, ``hop_floor.py`` and ``mesh_overhead.py`` in a quick mode: they
+run real uvicorn processes, every polling round trip is checked (the ack of each echo comes
+back, through the forwarder or from the node), and each prints the figure docs/benchmark.md
+quotes."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def test_hop_floor_quick() -> None:
     out = _run("hop_floor.py")
     assert FIGURE.search(out), out
     assert "(floor)" in out and out.count("forwarder ") == 2
+
+
+def test_mesh_overhead_quick() -> None:
+    out = _run("mesh_overhead.py")
+    ratio = re.search(
+        r"CPU per request: plain python-socketio ([\d.]+) us, SioMesh ([\d.]+) us "
+        r"\(\+?-?[\d.]+ us\); ratio median ([\d.]+)",
+        out,
+    )
+    assert ratio, out
+    assert out.count("pair ") == 2, out
