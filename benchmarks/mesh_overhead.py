@@ -58,7 +58,10 @@ async def main(sessions: int, rounds: int, pairs: int) -> None:
                     flush=True,
                 )
             a, b = statistics.median(plain_us), statistics.median(mesh_us)
-            ratios = [y / x for x, y in zip(plain_us, mesh_us, strict=True)]
+            # /proc counts CPU in clock ticks (10 ms): a tiny run can read 0 for a phase
+            ratios = [y / x for x, y in zip(plain_us, mesh_us, strict=True) if x > 0] or [
+                float("nan")
+            ]
             print(f"{sessions} sessions x {rounds} rounds x 2 requests, {pairs} pairs")
             print(
                 f"CPU per request: plain python-socketio {a:.1f} us, SioMesh {b:.1f} us "
