@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 FIGURE = re.compile(
     r"extra CPU per forwarded request \(both processes\): median (-?[\d.]+) us "
@@ -17,9 +19,9 @@ FIGURE = re.compile(
 )
 
 
-def _run(script: str) -> str:
+def _run(script: str, *extra: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "2", "5", "2"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "2", "5", "2", *extra],
         capture_output=True,
         text=True,
         timeout=180,
@@ -45,12 +47,14 @@ def test_hop_floor_quick() -> None:
     assert "(floor)" in out and out.count("forwarder ") == 2
 
 
-def test_mesh_overhead_quick() -> None:
-    out = _run("mesh_overhead.py")
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+def test_mesh_overhead_quick(transport: str) -> None:
+    out = _run("mesh_overhead.py", transport)
+    unit = "request" if transport == "polling" else "round trip"
     ratio = re.search(
-        r"CPU per request: plain python-socketio ([\d.]+) us, SioMesh ([\d.]+) us "
+        rf"CPU per {unit}: plain python-socketio ([\d.]+) us, SioMesh ([\d.]+) us "
         r"\(\+?-?[\d.]+ us\); ratio median ([\d.]+|nan)",
         out,
     )
     assert ratio, out
-    assert out.count("pair ") == 2, out
+    assert out.count("pair ") == 2 and out.startswith("pair 1:"), out
