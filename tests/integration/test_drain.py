@@ -195,9 +195,13 @@ async def test_sigterm_drains_the_node_and_its_clients_move_at_once(
         assert len(moved) == len(on_victim), "every client of the drained node reconnected"
         for c in on_victim:
             assert c.disconnects == ["transport error"], c.disconnects
-            # "at once": a few reconnection attempts (one may land on the draining node, which
-            # turns it away), not a ping timeout (25 s and more)
-            assert c.longest_down < 3.5, (c.index, c.longest_down)
+            # "at once": a few reconnection attempts, not a ping timeout (25 s and more). One
+            # attempt may land on the draining node, which turns it away; one may reach a node
+            # busy with the others' reconnections and give up: python-socketio's client waits
+            # up to 1 s for its CONNECT (wait_timeout) and adds up to 0.5 s of jitter to each
+            # delay (randomization_factor is absolute there), so two failed attempts and the
+            # good one take up to about 4.5 s. Seen once in a full suite run: 3.80 s.
+            assert c.longest_down < 5.0, (c.index, c.longest_down)
             owner = await c.client.call("whoami", timeout=5)
             assert owner != victim_url
         for c in callers:
