@@ -143,6 +143,45 @@ async def phase(sids: list[str], port: int, rounds: int, first_id: int, pids: li
     return sum(LAST_PHASE.values())
 
 
+async def alternate(
+    sids: list[str], direct_port: int, forwarded_port: int, rounds: int, pairs: int, pids: list[int]
+) -> tuple[list[float], list[float]]:
+    """``pairs`` direct then forwarded phases (after one warm-up of each), a line per pair with
+    the per-process split (``pids``: the owner first, then the forwarder); the CPU seconds of
+    each phase, both processes."""
+    requests = 2 * len(sids) * rounds
+    await phase(sids, forwarded_port, rounds, 1, pids)  # warm-up: links, caches
+    await phase(sids, direct_port, rounds, 1, pids)
+    direct: list[float] = []
+    forwarded: list[float] = []
+    for i in range(pairs):
+        start = time.monotonic()
+        direct.append(await phase(sids, direct_port, rounds, 1, pids))
+        owner_direct = LAST_PHASE[pids[0]]
+        forwarded.append(await phase(sids, forwarded_port, rounds, 1, pids))
+        split = [LAST_PHASE[p] / requests * 1e6 for p in pids]
+        print(
+            f"pair {i + 1}: direct {direct[-1] / requests * 1e6:6.1f} us/request "
+            f"(owner {owner_direct / requests * 1e6:.1f}), "
+            f"forwarded {forwarded[-1] / requests * 1e6:6.1f} us/request "
+            f"(owner {split[0]:.1f}, forwarder {split[1]:.1f}) "
+            f"({time.monotonic() - start:.1f} s)",
+            flush=True,
+        )
+    return direct, forwarded
+
+
+def report_extra(direct: list[float], forwarded: list[float], requests: int) -> None:
+    """The figure: extra CPU per forwarded request, median and range over the pairs."""
+    extra = [(f - d) / requests * 1e6 for d, f in zip(direct, forwarded, strict=True)]
+    print(
+        "extra CPU per forwarded request (both processes): "
+        f"median {statistics.median(extra):.1f} us "
+        f"(range {min(extra):.1f}-{max(extra):.1f}); "
+        f"a direct request: {statistics.median(direct) / requests * 1e6:.1f} us"
+    )
+
+
 async def main(sessions: int, rounds: int, pairs: int) -> None:
     with tempfile.TemporaryDirectory() as work:
         # HOP_ENV="NAME=value ...": settings for the two nodes (e.g. SIOMESH_* options)
@@ -153,10 +192,6 @@ async def main(sessions: int, rounds: int, pairs: int) -> None:
             pids = [n.proc.pid for n in cluster.nodes]
             sids = await asyncio.gather(*(open_session(owner.port) for _ in range(sessions)))
             requests = 2 * sessions * rounds
-            await phase(sids, other.port, rounds, 1, pids)  # warm-up: links, caches
-            await phase(sids, owner.port, rounds, 1, pids)
-            direct: list[float] = []
-            forwarded: list[float] = []
             # HOP_ONLY=direct|forwarded: one kind of phase only (to attach a profiler to the
             # node pids printed, after HOP_DELAY seconds)
             only = os.environ.get("HOP_ONLY", "")
@@ -165,21 +200,7 @@ async def main(sessions: int, rounds: int, pairs: int) -> None:
             if only:
                 print(f"node pids: {' '.join(map(str, pids))}", flush=True)
                 await asyncio.sleep(float(os.environ.get("HOP_DELAY", "0")))
-            for i in range(pairs):
-                start = time.monotonic()
-                direct.append(await phase(sids, first, rounds, 1, pids))
-                owner_direct = LAST_PHASE[pids[0]]
-                forwarded.append(await phase(sids, second, rounds, 1, pids))
-                split = [LAST_PHASE[p] / requests * 1e6 for p in pids]
-                print(
-                    f"pair {i + 1}: direct {direct[-1] / requests * 1e6:6.1f} us/request "
-                    f"(owner {owner_direct / requests * 1e6:.1f}), "
-                    f"forwarded {forwarded[-1] / requests * 1e6:6.1f} us/request "
-                    f"(owner {split[0]:.1f}, forwarder {split[1]:.1f}) "
-                    f"({time.monotonic() - start:.1f} s)",
-                    flush=True,
-                )
-            extra = [(f - d) / requests * 1e6 for d, f in zip(direct, forwarded, strict=True)]
+            direct, forwarded = await alternate(sids, first, second, rounds, pairs, pids)
             forwards = cluster.total("forwarded")
             frames = cluster.total("link_frames_sent")
             messages = cluster.total("link_messages_sent")
@@ -187,12 +208,7 @@ async def main(sessions: int, rounds: int, pairs: int) -> None:
                 f"{sessions} sessions x {rounds} rounds x 2 requests, {pairs} pairs; requests "
                 f"forwarded in all: {forwards}; link frames {frames} in {messages} messages"
             )
-            print(
-                "extra CPU per forwarded request (both processes): "
-                f"median {statistics.median(extra):.1f} us "
-                f"(range {min(extra):.1f}-{max(extra):.1f}); "
-                f"a direct request: {statistics.median(direct) / requests * 1e6:.1f} us"
-            )
+            report_extra(direct, forwarded, requests)
         finally:
             cluster.stop()
 

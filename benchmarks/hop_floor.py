@@ -22,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import statistics
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +209,7 @@ elif os.environ.get("FLOOR_ROLE") == "forwarder":
 
 
 async def main(sessions: int, rounds: int, pairs: int) -> None:
-    from hop_cpu import LAST_PHASE, open_session, phase
+    from hop_cpu import alternate, open_session, report_extra
 
     from siomesh.benchkit.ports import free_ports
     from siomesh.benchkit.procs import node_argv, start_mesh, start_process, stop_all, wait_http
@@ -242,32 +240,9 @@ async def main(sessions: int, rounds: int, pairs: int) -> None:
             )
             pids = [owner.proc.pid, forwarder.pid]
             requests = 2 * sessions * rounds
-            await phase(sids, port, rounds, 1, pids)
-            await phase(sids, owner.port, rounds, 1, pids)
-            direct: list[float] = []
-            forwarded: list[float] = []
-            for i in range(pairs):
-                start = time.monotonic()
-                direct.append(await phase(sids, owner.port, rounds, 1, pids))
-                owner_direct = LAST_PHASE[pids[0]]
-                forwarded.append(await phase(sids, port, rounds, 1, pids))
-                split = [LAST_PHASE[p] / requests * 1e6 for p in pids]
-                print(
-                    f"pair {i + 1}: direct {direct[-1] / requests * 1e6:6.1f} us/request "
-                    f"(owner {owner_direct / requests * 1e6:.1f}), "
-                    f"forwarded {forwarded[-1] / requests * 1e6:6.1f} us/request "
-                    f"(owner {split[0]:.1f}, forwarder {split[1]:.1f}) "
-                    f"({time.monotonic() - start:.1f} s)",
-                    flush=True,
-                )
-            extra = [(f - d) / requests * 1e6 for d, f in zip(direct, forwarded, strict=True)]
+            direct, forwarded = await alternate(sids, owner.port, port, rounds, pairs, pids)
             print(f"{sessions} sessions x {rounds} rounds x 2 requests, {pairs} pairs (floor)")
-            print(
-                "extra CPU per forwarded request (both processes): "
-                f"median {statistics.median(extra):.1f} us "
-                f"(range {min(extra):.1f}-{max(extra):.1f}); "
-                f"a direct request: {statistics.median(direct) / requests * 1e6:.1f} us"
-            )
+            report_extra(direct, forwarded, requests)
         finally:
             if forwarder is not None:
                 stop_all([forwarder], grace=0.0)
