@@ -2,8 +2,9 @@
 run`` with 3 workers sharing one SO_REUSEPORT port, so every new TCP connection lands on a
 worker picked by the kernel.
 
-The client script (``node/client.js``) connects several sockets, checks that their sessions are
-spread over workers, does acked ``echo`` round trips (text and binary), then a room broadcast.
+The client script (``node/client.js``) connects several sockets (more, up to 24, until their
+sessions are on at least two workers: the kernel's pick is random), does acked ``echo`` round
+trips (text and binary), then a room broadcast.
 """
 
 from __future__ import annotations
@@ -68,11 +69,15 @@ def test_connects_and_echoes(
     result = runs[mode]
     assert result["error"] is None, result
     assert result["echoErrors"] == [], result["echoErrors"]
+    clients = result["clients"]
+    assert CLIENTS <= clients <= 24, clients
     expected = "polling" if mode == "polling" else "websocket"
-    assert result["transports"] == [expected] * CLIENTS
+    assert result["transports"] == [expected] * clients
+    assert result["ownerChanged"] == 0, result
     owners = set(result["owners"])
     assert owners <= set(echo_cluster.workers)
-    # Sessions made on fresh connections spread over workers (all 6 on one: p = 1/243).
+    # Sessions made on fresh connections spread over workers; client.js adds clients (up to 24)
+    # until two workers own one: all of them on one worker would be a fluke (p = 3^-23).
     assert len(owners) >= 2, owners
 
 

@@ -5,6 +5,11 @@
 // MODE is "polling" (transports ["polling"]) or "upgrade" (polling, then WebSocket). Prints one
 // JSON object on stdout: the owners and transports seen, echo failures, and what a room
 // broadcast from client 0 reached. Every wait is bounded; the process always exits.
+//
+// The kernel picks a worker for each new connection at random, so CLIENTS sessions may all land
+// on one worker (6 on 3 workers: p = 1/243, and CI met it). A cross-worker broadcast needs two
+// owners, so the script connects more clients, up to MAX_CLIENTS, until it has at least CLIENTS
+// and two owners: all of 24 on one worker would be p = 3^-23.
 "use strict";
 
 const { io } = require("socket.io-client");
@@ -12,6 +17,7 @@ const { io } = require("socket.io-client");
 const [url, mode, clientsArg, roundsArg] = process.argv.slice(2);
 const CLIENTS = Number(clientsArg || 6);
 const ROUNDS = Number(roundsArg || 5);
+const MAX_CLIENTS = Math.max(CLIENTS, 24);
 const WAIT_MS = 10000;
 
 if (!url || !["polling", "upgrade"].includes(mode)) {
@@ -92,12 +98,23 @@ async function main() {
     error: null,
   };
   const sockets = [];
+  const firstOwners = [];
   try {
-    for (let i = 0; i < CLIENTS; i++) sockets.push(await connect());
+    while (
+      sockets.length < MAX_CLIENTS &&
+      (sockets.length < CLIENTS || new Set(firstOwners).size < 2)
+    ) {
+      const socket = await connect();
+      sockets.push(socket);
+      firstOwners.push(await socket.timeout(WAIT_MS).emitWithAck("whoami"));
+    }
+    result.clients = sockets.length;
     if (mode === "upgrade") await Promise.all(sockets.map(upgraded));
     result.owners = await Promise.all(
       sockets.map((s) => s.timeout(WAIT_MS).emitWithAck("whoami"))
     );
+    // an upgrade (forwarded or not) keeps the session where it was made
+    result.ownerChanged = result.owners.filter((o, i) => o !== firstOwners[i]).length;
     result.transports = sockets.map((s) => s.io.engine.transport.name);
     await Promise.all(sockets.map((s, i) => echoRounds(s, i, result.echoErrors)));
 
@@ -121,7 +138,7 @@ async function main() {
     const got = await Promise.all(heard);
     const senderOwner = result.owners[0];
     result.broadcast = {
-      expected: CLIENTS,
+      expected: sockets.length,
       received: got.filter(Boolean).length,
       crossWorkerExpected: result.owners.filter((o) => o !== senderOwner).length,
       crossWorkerReceived: got.filter((ok, i) => ok && result.owners[i] !== senderOwner).length,
