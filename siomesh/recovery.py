@@ -21,7 +21,8 @@ How siomesh serves it without a broker:
 * **Every node logs** the events it delivers (and, with the default ``room_routing="all"``,
   every room and namespace event reaches every node), for ``max_disconnection`` seconds and at
   most ``max_log`` events.
-* **A session that ends without a clean close** (transport error or close, ping timeout) is
+* **A session that ends without a clean close** (transport error or close, ping timeout, or
+  an Engine.IO CLOSE with no Socket.IO DISCONNECT before it: :data:`CLIENT_DISCONNECT`) is
   kept by its owner: pid, sid, namespace, rooms, session data, for ``max_disconnection``
   seconds (at most ``max_sessions``); the app's ``disconnect`` handler runs as usual.
 * **The node the client comes back to** first checks the pid where it stands: a pid is a sid
@@ -79,6 +80,7 @@ from .engine import EngineSeam
 from .links.calls import CallFailed, CallRefused, Calls
 from .links.link import Link, LinkClosed
 from .links.pool import LinkPool, LinkUnavailable
+from .sessions import ENGINE_CLOSED
 from .sid import SidKeys, parse_sid
 
 __all__ = ["ADOPT_CALL", "FETCH_CALL", "MAX_FORWARDS", "Recovery", "successors"]
@@ -90,6 +92,10 @@ ADOPT_CALL = "recovery.adopt"
 
 #: python-socketio disconnect reasons after which a session is kept for recovery
 RECOVERABLE = frozenset({"transport error", "transport close", "ping timeout"})
+#: the reason of a Socket.IO goodbye (not kept), and also of an Engine.IO CLOSE from the
+#: client (kept when the session was marked :data:`~siomesh.sessions.ENGINE_CLOSED`: the
+#: Node server calls that one "transport close")
+CLIENT_DISCONNECT = "client disconnect"
 
 #: how long after a restore live packets are checked against the offsets already sent
 DEDUPE_SECONDS = 5.0
@@ -388,7 +394,11 @@ class Recovery:
         if pid is None or not manager.is_connected(sid, namespace):
             return
         socket = sio.eio.sockets.get(eio_sid)
-        if str(reason) not in RECOVERABLE or getattr(socket, "siomesh_unrecoverable", False):
+        if getattr(socket, "siomesh_unrecoverable", False):
+            return
+        if str(reason) not in RECOVERABLE and not (
+            str(reason) == CLIENT_DISCONNECT and getattr(socket, ENGINE_CLOSED, False)
+        ):
             return
         rooms = [r for r in manager.get_rooms(sid, namespace) if r != sid and isinstance(r, str)]
         data = socket.session.get(namespace) if socket is not None else None

@@ -22,6 +22,7 @@ from typing import Any
 from engineio import packet as eio_packet
 
 __all__ = [
+    "ENGINE_CLOSED",
     "PollRefusals",
     "awaits_ack",
     "count_acks_polled",
@@ -42,6 +43,12 @@ REFUSAL_WAIT = 1.0
 #: (python-socketio's and the JS client's first retry comes 0.5 to 1.5 s later) and below
 #: recovery's wait for a session still open here (``recovery.HANDOFF_WAIT``).
 LATE_POST_GRACE = 0.15
+#: Set (True) on an ``engineio.async_socket.AsyncSocket`` whose client sent an Engine.IO CLOSE
+#: (:meth:`PollRefusals.guard_close`): python-engineio ends it as "client disconnect", the
+#: reason a Socket.IO goodbye gives too, while the Node server calls it "transport close" and
+#: keeps it for recovery (the JS client sends it as it tears its engine down after a failed
+#: poll). Read by :mod:`siomesh.recovery`.
+ENGINE_CLOSED = "siomesh_engine_closed"
 
 
 async def drop_session(eio: Any, sid: str) -> bool:
@@ -81,18 +88,23 @@ class PollRefusals:
             event.set()
 
     def guard_close(self, socket: Any, receive: Callable[[Any], Awaitable[Any]]) -> Any:
-        """Packet-in hook (:mod:`siomesh.engine`): a CLOSE packet from a client whose poll was
-        refused is not a goodbye. The JS client, as it leaves after the refusal, POSTs one;
-        served, it would end the session as a *client* disconnect, which recovery does not
-        keep. It is swallowed here: the session is dropped as a transport error, as planned.
-        (A client that really says goodbye in that second is dropped the same way: its app's
-        ``disconnect`` handler sees "transport error", and recovery keeps the session until
-        ``max_disconnection``, as for any client that vanished.)"""
+        """Packet-in hook (:mod:`siomesh.engine`): an Engine.IO CLOSE packet is noted on the
+        session (:data:`ENGINE_CLOSED`: recovery keeps the session, as the Node server does).
+
+        One from a client whose poll was refused is swallowed: the JS client, as it leaves
+        after the refusal, POSTs one; served, it would end the session as a client
+        disconnect at once, while the drop still serves the POSTs that crossed the refusal.
+        The session is dropped as a transport error, as planned. (A client that really says
+        goodbye in that second is dropped the same way: its app's ``disconnect`` handler sees
+        "transport error", and recovery keeps the session until ``max_disconnection``, as for
+        any client that vanished.)"""
 
         async def guarded_receive(pkt: Any) -> Any:
-            if pkt.packet_type == eio_packet.CLOSE and socket.sid in self._refusing:
-                self._refusing[socket.sid].set()  # the client learnt: it is leaving
-                return None
+            if pkt.packet_type == eio_packet.CLOSE:
+                if socket.sid in self._refusing:
+                    self._refusing[socket.sid].set()  # the client learnt: it is leaving
+                    return None
+                setattr(socket, ENGINE_CLOSED, True)
             return await receive(pkt)
 
         return guarded_receive

@@ -155,9 +155,16 @@ def _check_each(result: dict[str, Any]) -> None:
         assert all(client["recovered"][1:]), client
 
 
-async def test_cut_clients_recover_on_any_node_and_miss_nothing(cluster: Cluster) -> None:
+@pytest.mark.parametrize("transports", ["polling,websocket", "polling"])
+async def test_cut_clients_recover_on_any_node_and_miss_nothing(
+    cluster: Cluster, transports: str
+) -> None:
+    """Half of 12 npm clients have their engine closed twice mid-stream. On WebSocket that
+    closes the socket; on polling the JS client POSTs an Engine.IO CLOSE first, the same it
+    sends when a poll fails, which python-engineio calls a client disconnect (it was not kept,
+    and polling clients came back unrecovered)."""
     node = node_client()
-    result = await _run_clients(node, cluster.lb.url, 12, 6, 80, 40, 2)
+    result = await _run_clients(node, cluster.lb.url, 12, 6, 80, 40, 2, transports)
     _check_everyone(result)
     victims = [c for c in result["per"] if c["victim"]]
     assert all(c["connects"] == 3 for c in victims), victims  # two cuts each
@@ -291,6 +298,13 @@ class RawClient:
         await self.ws.send("41")
         await self.ws.close()
 
+    async def engine_close(self) -> None:
+        """An Engine.IO CLOSE with no Socket.IO goodbye, then the transport closed: what the JS
+        client sends as it tears its engine down after a transport error (a failed poll)
+        before it reconnects, or when its Manager is closed."""
+        await self.ws.send("1")
+        await self.ws.close()
+
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
@@ -419,6 +433,42 @@ async def test_a_wrong_offset_leaves_the_session_recoverable(mesh: MeshCluster) 
     assert missed[-1] != offset
     assert _sums(mesh, "recovered") == recovered + 1
     await back.leave()
+    await other.leave()
+
+
+async def test_an_engine_close_without_a_socketio_goodbye_is_recoverable(
+    mesh: MeshCluster,
+) -> None:
+    """The JS client, when a poll fails (a 502 from the balancer, a node between it and the
+    session's owner gone), closes its engine with an Engine.IO CLOSE packet, which may well
+    reach the owner, then reconnects and asks for recovery. python-engineio reads that CLOSE
+    as "client disconnect", like a Socket.IO goodbye; the Node server calls it "transport
+    close", which it keeps. It is kept here too: only a Socket.IO DISCONNECT for the namespace
+    is a goodbye (that one stays unrecoverable: ``leave``)."""
+    a, b = mesh.nodes[0].url, mesh.nodes[1].url
+    room = f"close-{secrets.token_hex(4)}"
+    client = await RawClient.open(a)
+    other = await RawClient.open(b)
+    assert await client.call("join", room) == [True]
+    assert await other.call("join", room) == [True]
+    assert await other.call("say", {"room": room, "message": "m1"}) == [True]
+    offset = (await client.wait_event("said", lambda e: e[1]["message"] == "m1"))[-1]
+    kept = _sums(mesh, "recovery_kept")
+    await client.engine_close()
+    await _wait_stat(mesh, "recovery_kept", kept + 1)
+    assert await other.call("say", {"room": room, "message": "m2"}) == [True]
+    back = await RawClient.open(b, {"pid": client.pid, "offset": offset})
+    assert (back.sid, back.pid) == (client.sid, client.pid)
+    await back.wait_event("said", lambda e: e[1]["message"] == "m2")
+    # a Socket.IO goodbye, then the same CLOSE: nothing kept, a new session
+    kept = _sums(mesh, "recovery_kept")
+    await back.ws.send("41")
+    await back.engine_close()
+    await asyncio.sleep(0.3)
+    assert _sums(mesh, "recovery_kept") == kept
+    again = await RawClient.open(a, {"pid": back.pid, "offset": offset})
+    assert again.sid != back.sid
+    await again.leave()
     await other.leave()
 
 
