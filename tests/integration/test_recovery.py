@@ -399,17 +399,26 @@ async def test_a_genuine_pid_with_no_session_costs_one_call_to_one_peer(
     assert sent == {u: (1 if u == asked else 0) for u in after}, sent
 
 
-async def test_a_wrong_offset_leaves_the_session_recoverable(mesh: MeshCluster) -> None:
-    a, b, c = (n.url for n in mesh.nodes)
-    room = f"abuse-{secrets.token_hex(4)}"
-    victim = await RawClient.open(a)
-    other = await RawClient.open(b)
-    assert await victim.call("join", room) == [True]
+async def _seen_one_event(
+    url: str, other_url: str, prefix: str
+) -> tuple[str, RawClient, RawClient, str]:
+    """A client on ``url`` and another on ``other_url`` in a fresh room; the other said "m1"
+    there and the first got it: (room, client, other, the offset of "m1")."""
+    room = f"{prefix}-{secrets.token_hex(4)}"
+    client = await RawClient.open(url)
+    other = await RawClient.open(other_url)
+    assert await client.call("join", room) == [True]
     assert await other.call("join", room) == [True]
     assert await other.call("say", {"room": room, "message": "m1"}) == [True]
-    seen = await victim.wait_event("said", lambda e: e[1]["message"] == "m1")
+    seen = await client.wait_event("said", lambda e: e[1]["message"] == "m1")
     offset = seen[-1]
     assert isinstance(offset, str) and "." in offset
+    return room, client, other, offset
+
+
+async def test_a_wrong_offset_leaves_the_session_recoverable(mesh: MeshCluster) -> None:
+    a, b, c = (n.url for n in mesh.nodes)
+    room, victim, other, offset = await _seen_one_event(a, b, "abuse")
     kept = _sums(mesh, "recovery_kept")
     await victim.cut()
     await _wait_stat(mesh, "recovery_kept", kept + 1)
@@ -446,13 +455,7 @@ async def test_an_engine_close_without_a_socketio_goodbye_is_recoverable(
     close", which it keeps. It is kept here too: only a Socket.IO DISCONNECT for the namespace
     is a goodbye (that one stays unrecoverable: ``leave``)."""
     a, b = mesh.nodes[0].url, mesh.nodes[1].url
-    room = f"close-{secrets.token_hex(4)}"
-    client = await RawClient.open(a)
-    other = await RawClient.open(b)
-    assert await client.call("join", room) == [True]
-    assert await other.call("join", room) == [True]
-    assert await other.call("say", {"room": room, "message": "m1"}) == [True]
-    offset = (await client.wait_event("said", lambda e: e[1]["message"] == "m1"))[-1]
+    room, client, other, offset = await _seen_one_event(a, b, "close")
     kept = _sums(mesh, "recovery_kept")
     await client.engine_close()
     await _wait_stat(mesh, "recovery_kept", kept + 1)
